@@ -1,0 +1,54 @@
+# Every target installs what it needs into .venv first, so a fresh clone needs nothing else.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+PROTO_FILES := $(wildcard proto/arbiter/v1/*.proto)
+ROLE ?= submitter
+
+.PHONY: install proto proto-check lint test run migrate keys clean
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(INSTALLED)
+
+# Generated code is committed; `make proto` must reproduce it byte for byte.
+proto: $(INSTALLED)
+	rm -rf arbiter/v1
+	mkdir -p arbiter/v1
+	$(PY) -m grpc_tools.protoc -I proto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_FILES)
+	touch arbiter/v1/__init__.py
+
+proto-check: $(INSTALLED)
+	@tmp=$$(mktemp -d) && mkdir -p $$tmp/arbiter/v1 && touch $$tmp/arbiter/v1/__init__.py && \
+	$(PY) -m grpc_tools.protoc -I proto --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(PROTO_FILES) && \
+	diff -r $$tmp/arbiter/v1 arbiter/v1 -x __pycache__ && rm -rf $$tmp && echo "generated code is up to date" || \
+	{ echo "generated code in arbiter/v1 is stale: run 'make proto' and commit the result"; rm -rf $$tmp; exit 1; }
+
+lint: $(INSTALLED) proto-check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/buf lint
+
+test: lint
+	$(VENV)/bin/pytest -n 2 --dist loadgroup
+
+# Starts PostgreSQL (embedded unless ARBITER_DATABASE_URL is set), migrates, and runs both services.
+run: $(INSTALLED) proto
+	$(PY) -m shared.devstack
+
+migrate: $(INSTALLED)
+	$(VENV)/bin/arbiter migrate
+
+# make keys ROLE=viewer: creates an API key for the role and prints it once.
+keys: $(INSTALLED)
+	$(VENV)/bin/arbiter keys create --role $(ROLE)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,121 @@
+"""Protobuf <-> orchestrator domain."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.struct_pb2 import Struct
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from arbiter.v1 import orchestrator_service_pb2, task_pb2
+from services.orchestrator.domain import NewTask, TaskRecord, TaskRequirements, TaskState, validate_submission
+from shared.errors import InvalidArgument
+
+_STATE_TO_PB = {
+    TaskState.PENDING: task_pb2.TASK_STATE_PENDING,
+    TaskState.ASSIGNED: task_pb2.TASK_STATE_ASSIGNED,
+    TaskState.RUNNING: task_pb2.TASK_STATE_RUNNING,
+    TaskState.COMPLETED: task_pb2.TASK_STATE_COMPLETED,
+    TaskState.FAILED: task_pb2.TASK_STATE_FAILED,
+    TaskState.CANCELLED: task_pb2.TASK_STATE_CANCELLED,
+}
+_STATE_FROM_PB = {value: key for key, value in _STATE_TO_PB.items()}
+
+
+def state_from_pb(field: str, state: int) -> TaskState | None:
+    """None for UNSPECIFIED."""
+    if state == task_pb2.TASK_STATE_UNSPECIFIED:
+        return None
+    if state not in _STATE_FROM_PB:
+        raise InvalidArgument(field, f"{state} is not a TaskState")
+    return _STATE_FROM_PB[state]  # type: ignore[index]
+
+
+def struct_to_dict(struct: Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(struct)
+
+
+def _struct(values: dict[str, Any] | None) -> Struct | None:
+    if values is None:
+        return None
+    struct = Struct()
+    struct.update(values)
+    return struct
+
+
+def _timestamp(moment: datetime | None) -> Timestamp | None:
+    if moment is None:
+        return None
+    timestamp = Timestamp()
+    timestamp.FromDatetime(moment)
+    return timestamp
+
+
+def _timeout_ms(request: orchestrator_service_pb2.SubmitTaskRequest) -> int | None:
+    if not request.HasField("timeout"):
+        return None
+    if request.timeout.seconds < 0 or request.timeout.nanos < 0:
+        raise InvalidArgument("timeout", "must be positive and at most 7 days, or unset for none")
+    milliseconds: int = request.timeout.ToMilliseconds()
+    return milliseconds or None
+
+
+def submission_from_pb(request: orchestrator_service_pb2.SubmitTaskRequest, max_payload_bytes: int) -> NewTask:
+    requirements = request.requirements
+    return validate_submission(
+        task_type=request.task_type,
+        payload=struct_to_dict(request.payload),
+        payload_bytes=request.payload.ByteSize(),
+        max_payload_bytes=max_payload_bytes,
+        priority=request.priority,
+        requirements=TaskRequirements(
+            languages=list(requirements.languages),
+            specializations=list(requirements.specializations),
+            labels=dict(requirements.labels),
+        ),
+        max_attempts=request.max_attempts,
+        timeout_ms=_timeout_ms(request),
+        idempotency_key=request.idempotency_key,
+    )
+
+
+def task_to_pb(task: TaskRecord) -> task_pb2.Task:
+    timeout = None
+    if task.timeout_ms is not None:
+        timeout = Duration()
+        timeout.FromMilliseconds(task.timeout_ms)
+    return task_pb2.Task(
+        id=task.id,
+        task_type=task.task_type,
+        state=_STATE_TO_PB[task.state],
+        payload=_struct(task.payload),
+        result=_struct(task.result),
+        error=task.error,
+        priority=task.priority,
+        requirements=task_pb2.TaskRequirements(
+            languages=task.requirements.languages,
+            specializations=task.requirements.specializations,
+            labels=task.requirements.labels,
+        ),
+        attempt=task.attempt,
+        max_attempts=task.max_attempts,
+        assigned_agent_id=task.assigned_agent_id or "",
+        idempotency_key=task.idempotency_key or "",
+        created_at=_timestamp(task.created_at),
+        updated_at=_timestamp(task.updated_at),
+        timeout=timeout,
+        progress=task.progress,
+        progress_message=task.progress_message,
+        lease_expires_at=_timestamp(task.lease_expires_at),
+    )
+
+
+def assignment_to_pb(task: TaskRecord) -> orchestrator_service_pb2.StreamAssignmentsResponse:
+    return orchestrator_service_pb2.StreamAssignmentsResponse(
+        assignment=orchestrator_service_pb2.Assignment(
+            task=task_to_pb(task), attempt=task.attempt, lease_expires_at=_timestamp(task.lease_expires_at)
+        )
+    )

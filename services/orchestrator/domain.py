@@ -1,0 +1,187 @@
+"""Tasks and their rules: what a valid submission is, the state machine, and what a failure leads to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from shared import validation
+from shared.errors import InvalidArgument
+
+PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
+DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT = 3, 100
+MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+MAX_IDEMPOTENCY_KEY_LENGTH = 256
+MAX_ERROR_LENGTH = 8192
+MAX_MESSAGE_LENGTH = 1024
+
+
+class TaskState(StrEnum):
+    PENDING = "pending"
+    ASSIGNED = "assigned"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED)
+
+    @property
+    def is_in_flight(self) -> bool:
+        return self in (TaskState.ASSIGNED, TaskState.RUNNING)
+
+
+@dataclass(frozen=True)
+class TaskRequirements:
+    languages: list[str] = field(default_factory=list)
+    specializations: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NewTask:
+    task_type: str
+    payload: dict[str, Any]
+    priority: int
+    requirements: TaskRequirements
+    max_attempts: int
+    timeout_ms: int | None
+    idempotency_key: str | None
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    id: str
+    task_type: str
+    state: TaskState
+    payload: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str
+    priority: int
+    requirements: TaskRequirements
+    attempt: int
+    max_attempts: int
+    timeout_ms: int | None
+    idempotency_key: str | None
+    assigned_agent_id: str | None
+    progress: float
+    progress_message: str
+    lease_expires_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class AgentProfile:
+    """What the orchestrator needs to know of an agent, as learned from the registry."""
+
+    id: str
+    task_types: list[str]
+    languages: list[str]
+    specializations: list[str]
+    labels: dict[str, str]
+    max_concurrent_tasks: int
+    accepts_work: bool
+
+
+@dataclass(frozen=True)
+class AttemptReport:
+    """Who reports on which attempt: every report must name the attempt it was handed."""
+
+    task_id: str
+    agent_id: str
+    attempt: int
+
+
+def validate_submission(
+    *,
+    task_type: str,
+    payload: dict[str, Any],
+    payload_bytes: int,
+    max_payload_bytes: int,
+    priority: int,
+    requirements: TaskRequirements,
+    max_attempts: int,
+    timeout_ms: int | None,
+    idempotency_key: str,
+) -> NewTask:
+    """Checks a submission; 0 max_attempts means 3, no timeout means none."""
+    validation.name("task_type", task_type, required=True)
+    if payload_bytes > max_payload_bytes:
+        raise InvalidArgument("payload", f"is {payload_bytes} bytes; the limit is {max_payload_bytes}")
+    if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise InvalidArgument("priority", f"must be between {PRIORITY_MIN} and {PRIORITY_MAX}; got {priority}")
+    attempts = max_attempts or DEFAULT_MAX_ATTEMPTS
+    if not 1 <= attempts <= MAX_ATTEMPTS_LIMIT:
+        raise InvalidArgument(
+            "max_attempts",
+            f"must be between 1 and {MAX_ATTEMPTS_LIMIT} (0 means {DEFAULT_MAX_ATTEMPTS}); got {max_attempts}",
+        )
+    if timeout_ms is not None and not 0 < timeout_ms <= MAX_TIMEOUT_MS:
+        raise InvalidArgument("timeout", "must be positive and at most 7 days, or unset for none")
+    if len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise InvalidArgument(
+            "idempotency_key", f"is {len(idempotency_key)} characters; at most {MAX_IDEMPOTENCY_KEY_LENGTH} are allowed"
+        )
+    return NewTask(
+        task_type=task_type,
+        payload=payload,
+        priority=priority,
+        requirements=TaskRequirements(
+            languages=validation.names("requirements.languages", requirements.languages),
+            specializations=validation.names("requirements.specializations", requirements.specializations),
+            labels=validation.labels("requirements.labels", requirements.labels),
+        ),
+        max_attempts=attempts,
+        timeout_ms=timeout_ms,
+        idempotency_key=idempotency_key or None,
+    )
+
+
+def validate_report(task_id: str, agent_id: str, attempt: int) -> AttemptReport:
+    if attempt < 1:
+        raise InvalidArgument("attempt", f"must be the attempt from the assignment (1 or more); got {attempt}")
+    return AttemptReport(
+        task_id=validation.task_id("task_id", task_id),
+        agent_id=validation.agent_id("agent_id", agent_id),
+        attempt=attempt,
+    )
+
+
+def validate_progress(progress: float, message: str) -> None:
+    if not 0.0 <= progress <= 1.0:  # also rejects NaN
+        raise InvalidArgument("progress", f"must be between 0 and 1; got {progress}")
+    if len(message) > MAX_MESSAGE_LENGTH:
+        raise InvalidArgument("message", f"is {len(message)} characters; at most {MAX_MESSAGE_LENGTH} are allowed")
+
+
+def validate_failure(error: str) -> None:
+    if not error.strip():
+        raise InvalidArgument("error", "is required: say what went wrong")
+    if len(error) > MAX_ERROR_LENGTH:
+        raise InvalidArgument("error", f"is {len(error)} characters; at most {MAX_ERROR_LENGTH} are allowed")
+
+
+def state_after_failure(task: TaskRecord, retryable: bool) -> TaskState:
+    """A retryable failure with attempts left goes back to PENDING; anything else is FAILED."""
+    return TaskState.PENDING if retryable and task.attempt < task.max_attempts else TaskState.FAILED
+
+
+def why_report_is_stale(task: TaskRecord, report: AttemptReport) -> str:
+    """Why a report on an attempt no longer counts, in words the agent's operator can act on."""
+    prefix = f"task {task.id}: report for attempt {report.attempt} from agent '{report.agent_id}' is stale: "
+    if task.state.is_terminal:
+        return prefix + f"the task is already {task.state.name}"
+    if task.attempt != report.attempt:
+        return prefix + f"the task is now at attempt {task.attempt} ({task.state.name})"
+    if task.state == TaskState.PENDING:
+        return prefix + "the attempt was released and the task is PENDING again"
+    return prefix + f"attempt {task.attempt} is held by agent '{task.assigned_agent_id}'"
+
+
+def can_cancel(state: TaskState) -> bool:
+    return not state.is_terminal

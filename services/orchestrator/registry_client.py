@@ -1,0 +1,79 @@
+"""The orchestrator's view of the registry: agent profiles over gRPC, with the service key.
+
+The orchestrator never reads the registry's tables. UNAVAILABLE is retried with backoff for a
+bounded time; every other failure becomes a domain error the caller can act on.
+"""
+
+from __future__ import annotations
+
+import grpc
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
+
+from arbiter.v1 import agent_pb2, registry_service_pb2, registry_service_pb2_grpc
+from services.orchestrator.domain import AgentProfile
+from shared.errors import ArbiterError, Internal, NotFound, Unavailable
+
+# An agent that drains or is gone takes no new work.
+_STATUSES_WITHOUT_WORK = frozenset({agent_pb2.AGENT_STATUS_DRAINING, agent_pb2.AGENT_STATUS_OFFLINE})
+
+
+def _is_unavailable(error: BaseException) -> bool:
+    return isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def profile_from_pb(agent: agent_pb2.Agent) -> AgentProfile:
+    return AgentProfile(
+        id=agent.id,
+        task_types=list(agent.capabilities.task_types),
+        languages=list(agent.capabilities.languages),
+        specializations=list(agent.capabilities.specializations),
+        labels=dict(agent.capabilities.labels),
+        max_concurrent_tasks=agent.max_concurrent_tasks,
+        accepts_work=agent.status not in _STATUSES_WITHOUT_WORK,
+    )
+
+
+class RegistryClient:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        api_key: str,
+        *,
+        deadline_seconds: float = 5.0,
+        retry_seconds: float = 10.0,
+    ) -> None:
+        self._stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
+        self._metadata = (("authorization", f"Bearer {api_key}"),)
+        self._deadline_seconds = deadline_seconds
+        self._retry_seconds = retry_seconds
+
+    async def get_agent(self, agent_id: str) -> AgentProfile:
+        request = registry_service_pb2.GetAgentRequest(agent_id=agent_id)
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_is_unavailable),
+                stop=stop_after_delay(self._retry_seconds),
+                wait=wait_exponential_jitter(multiplier=0.05, max=1.0),
+                reraise=True,
+            ):
+                with attempt:
+                    response = await self._stub.GetAgent(
+                        request, metadata=self._metadata, timeout=self._deadline_seconds
+                    )
+        except grpc.aio.AioRpcError as error:
+            raise self._domain_error(error, agent_id) from error
+        return profile_from_pb(response.agent)
+
+    @staticmethod
+    def _domain_error(error: grpc.aio.AioRpcError, agent_id: str) -> ArbiterError:
+        code, details = error.code(), error.details()
+        if code == grpc.StatusCode.NOT_FOUND:
+            return NotFound(f"agent '{agent_id}' is not registered: call RegistryService.RegisterAgent first")
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return Internal(
+                f"the registry rejected the orchestrator's service key ({details}); "
+                "the operator must set ARBITER_SERVICE_KEY to a key with role 'service'"
+            )
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return Unavailable(f"the registry is unreachable ({details}); retry shortly")
+        return Internal(f"the registry answered {code.name}: {details}")

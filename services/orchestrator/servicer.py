@@ -1,0 +1,88 @@
+"""OrchestratorService over gRPC: protobuf in, domain call, protobuf out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from arbiter.v1 import orchestrator_service_pb2 as pb
+from arbiter.v1 import orchestrator_service_pb2_grpc as pb_grpc
+from services.orchestrator.convert import (
+    assignment_to_pb,
+    state_from_pb,
+    struct_to_dict,
+    submission_from_pb,
+    task_to_pb,
+)
+from services.orchestrator.service import Orchestrator
+from shared.errors import InvalidArgument, stream_errors, unary_errors
+
+
+class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self._orchestrator = orchestrator
+
+    @unary_errors
+    async def SubmitTask(
+        self, request: pb.SubmitTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubmitTaskResponse:
+        task = await self._orchestrator.submit(submission_from_pb(request, self._orchestrator.max_payload_bytes))
+        return pb.SubmitTaskResponse(task=task_to_pb(task))
+
+    @unary_errors
+    async def GetTask(self, request: pb.GetTaskRequest, context: grpc.aio.ServicerContext) -> pb.GetTaskResponse:
+        return pb.GetTaskResponse(task=task_to_pb(await self._orchestrator.get(request.task_id)))
+
+    @unary_errors
+    async def ListTasks(self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext) -> pb.ListTasksResponse:
+        page = await self._orchestrator.list_tasks(
+            state_from_pb("state", request.state), request.task_type, request.page_size, request.page_token
+        )
+        return pb.ListTasksResponse(
+            tasks=[task_to_pb(task) for task in page.tasks], next_page_token=page.next_page_token
+        )
+
+    @unary_errors
+    async def CancelTask(
+        self, request: pb.CancelTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelTaskResponse:
+        return pb.CancelTaskResponse(task=task_to_pb(await self._orchestrator.cancel(request.task_id, request.reason)))
+
+    @stream_errors
+    async def StreamAssignments(
+        self, request: pb.StreamAssignmentsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamAssignmentsResponse]:
+        async for task in self._orchestrator.assignments(request.agent_id):
+            yield assignment_to_pb(task)
+
+    @unary_errors
+    async def ReportProgress(
+        self, request: pb.ReportProgressRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReportProgressResponse:
+        task = await self._orchestrator.report_progress(
+            request.task_id, request.agent_id, request.attempt, request.progress, request.message
+        )
+        response = pb.ReportProgressResponse()
+        if task.lease_expires_at is not None:
+            response.lease_expires_at.FromDatetime(task.lease_expires_at)
+        return response
+
+    @unary_errors
+    async def CompleteTask(
+        self, request: pb.CompleteTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CompleteTaskResponse:
+        size = request.result.ByteSize()
+        if size > self._orchestrator.max_payload_bytes:
+            raise InvalidArgument("result", f"is {size} bytes; the limit is {self._orchestrator.max_payload_bytes}")
+        task = await self._orchestrator.complete(
+            request.task_id, request.agent_id, request.attempt, struct_to_dict(request.result)
+        )
+        return pb.CompleteTaskResponse(task=task_to_pb(task))
+
+    @unary_errors
+    async def FailTask(self, request: pb.FailTaskRequest, context: grpc.aio.ServicerContext) -> pb.FailTaskResponse:
+        task = await self._orchestrator.fail(
+            request.task_id, request.agent_id, request.attempt, request.error, request.retryable
+        )
+        return pb.FailTaskResponse(task=task_to_pb(task))

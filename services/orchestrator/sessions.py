@@ -1,0 +1,61 @@
+"""The assignment streams open in this process, and how they are woken when there is work."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from services.orchestrator.domain import AgentProfile
+
+
+@dataclass
+class AgentSession:
+    profile: AgentProfile
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when a newer stream for the same agent replaces this one.
+    superseded: bool = False
+
+
+class AgentSessions:
+    def __init__(self) -> None:
+        self._sessions: dict[str, AgentSession] = {}
+        self.closing = False
+
+    @contextlib.contextmanager
+    def open(self, profile: AgentProfile) -> Iterator[AgentSession]:
+        """One session per agent: a reconnecting agent's new stream replaces its old one, which may be
+        a dead connection not yet noticed."""
+        previous = self._sessions.get(profile.id)
+        if previous is not None:
+            previous.superseded = True
+            previous.wakeup.set()
+        session = AgentSession(profile)
+        self._sessions[profile.id] = session
+        try:
+            yield session
+        finally:
+            if self._sessions.get(profile.id) is session:
+                del self._sessions[profile.id]
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def wake_capable(self, task_type: str) -> None:
+        """New PENDING work of this type: wake the agents that could take it."""
+        for session in self._sessions.values():
+            if task_type in session.profile.task_types:
+                session.wakeup.set()
+
+    def wake(self, agent_id: str | None) -> None:
+        """The agent has a free slot again."""
+        session = self._sessions.get(agent_id) if agent_id else None
+        if session is not None:
+            session.wakeup.set()
+
+    def close_all(self) -> None:
+        """Shutting down: every stream ends so its agent reconnects elsewhere."""
+        self.closing = True
+        for session in self._sessions.values():
+            session.wakeup.set()

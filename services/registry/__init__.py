@@ -1,0 +1,1 @@
+"""The registry: agents register their capabilities, heartbeat, and are listed and looked up."""

@@ -1,0 +1,1 @@
+"""Code both Arbiter services share: configuration, database, auth, errors, server plumbing."""

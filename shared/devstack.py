@@ -1,0 +1,179 @@
+"""`make run`: PostgreSQL (embedded unless ARBITER_DATABASE_URL is set), migrations, dev keys, and
+both services as child processes, until Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shared.api_keys import Role, create_key, find_role, hash_secret
+from shared.cli import database_url
+from shared.config import Config, ConfigError
+from shared.database import migrate, open_pool
+from shared.server import configure_logging
+
+READY_TIMEOUT_SECONDS = 30.0
+STOP_TIMEOUT_SECONDS = 15.0
+DEV_KEY_DESCRIPTION = "dev key written by make run"
+
+
+def key_variable(role: Role) -> str:
+    return f"ARBITER_{role.name}_KEY"
+
+
+def read_keys_file(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    entries = {}
+    for line in path.read_text().splitlines():
+        name, _, value = line.partition("=")
+        if name.startswith("ARBITER_") and value:
+            entries[name.strip()] = value.strip()
+    return entries
+
+
+async def ensure_dev_keys(url: str, existing: dict[str, str]) -> dict[Role, str]:
+    """One key per role: the existing ones while every one is valid in this database (so running
+    agents keep working across restarts), otherwise all created afresh."""
+    pool = await open_pool(url, 1, 1, name="devstack")
+    try:
+        keys: dict[Role, str] = {}
+        for role in Role:
+            secret = existing.get(key_variable(role))
+            if secret and await find_role(pool, hash_secret(secret)) == role:
+                keys[role] = secret
+        if len(keys) == len(Role):
+            return keys
+        keys = {role: (await create_key(pool, role, DEV_KEY_DESCRIPTION)).secret for role in Role}
+    finally:
+        await pool.close()
+    return keys
+
+
+def write_keys_file(path: Path, keys: dict[Role, str]) -> None:
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text("".join(f"{key_variable(role)}={secret}\n" for role, secret in keys.items()))
+
+
+def dial_address(listen_address: str) -> str:
+    """Where to connect to a server listening on `listen_address` (wildcards mean this machine)."""
+    host, _, port = listen_address.rpartition(":")
+    if host in ("0.0.0.0", "[::]", ""):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+def wait_until_serving(process: subprocess.Popen[bytes], address: str, name: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the {name} exited with code {process.returncode}; see its log above")
+            try:
+                response = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise RuntimeError(f"the {name} did not become healthy on {address} within {READY_TIMEOUT_SECONDS:.0f} s")
+
+
+def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def banner(config: Config, keys_path: Path) -> str:
+    registry, orchestrator = dial_address(config.registry_addr), dial_address(config.orchestrator_addr)
+    return f"""
+Arbiter is running.
+  registry      {registry}
+  orchestrator  {orchestrator}
+  API keys      {keys_path}  (one per role)
+
+Try it (grpcurl is in .venv/bin):
+  source {keys_path}
+  .venv/bin/grpcurl -plaintext {orchestrator} list
+  .venv/bin/grpcurl -plaintext -H "authorization: Bearer $ARBITER_SUBMITTER_KEY" \\
+      -d '{{"taskType": "echo", "payload": {{"text": "hello"}}}}' \\
+      {orchestrator} arbiter.v1.OrchestratorService/SubmitTask
+
+Ctrl-C stops everything.
+"""
+
+
+def run(config: Config) -> int:
+    state_dir = Path(config.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    stop_requested = False
+
+    def request_stop(signal_number: int, frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    with database_url(config) as url:
+        asyncio.run(migrate(url))
+        keys_path = state_dir / "dev-keys.env"
+        keys = asyncio.run(ensure_dev_keys(url, read_keys_file(keys_path)))
+        write_keys_file(keys_path, keys)
+        environment = {**os.environ, "ARBITER_DATABASE_URL": url, "ARBITER_SERVICE_KEY": keys[Role.SERVICE]}
+        processes: list[subprocess.Popen[bytes]] = []
+        try:
+            for name, module, address in (
+                ("registry", "services.registry", config.registry_addr),
+                ("orchestrator", "services.orchestrator", config.orchestrator_addr),
+            ):
+                # Own process group: Ctrl-C reaches us once, and we stop the children in order.
+                process = subprocess.Popen([sys.executable, "-m", module], env=environment, start_new_session=True)
+                processes.append(process)
+                wait_until_serving(process, dial_address(address), name)
+            print(banner(config, keys_path), flush=True)
+            while not stop_requested:
+                for process in processes:
+                    if process.poll() is not None:
+                        print(f"a service exited with code {process.returncode}; stopping", file=sys.stderr)
+                        return 1
+                time.sleep(0.2)
+            print("stopping…", file=sys.stderr, flush=True)
+            return 0
+        except RuntimeError as error:
+            print(f"make run: {error}", file=sys.stderr)
+            return 1
+        finally:
+            stop_all(processes)
+
+
+def main() -> None:
+    try:
+        config = Config.from_env()
+    except ConfigError as error:
+        print(f"make run: {error}", file=sys.stderr)
+        sys.exit(2)
+    configure_logging(config.log_level)
+    sys.exit(run(config))
+
+
+if __name__ == "__main__":
+    main()

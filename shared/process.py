@@ -1,0 +1,57 @@
+"""Running one service as a process: config, logging, migrations, serve until SIGTERM, stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import psycopg
+
+from shared.config import Config, ConfigError
+from shared.database import MigrationError, migrate
+from shared.server import AddressInUse, configure_logging, wait_for_stop_signal
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceApp(Protocol):
+    @property
+    def port(self) -> int: ...
+
+    async def stop(self, grace: float) -> None: ...
+
+
+async def _serve(name: str, create: Callable[[Config], Awaitable[ServiceApp]], config: Config) -> None:
+    await migrate(config.require_database_url())
+    app = await create(config)
+    logger.info("%s serving on port %d", name, app.port)
+    try:
+        await wait_for_stop_signal()
+        logger.info("%s stopping", name)
+    finally:
+        await app.stop(config.shutdown_grace_seconds)
+    logger.info("%s stopped", name)
+
+
+def run_service(name: str, create: Callable[[Config], Awaitable[ServiceApp]]) -> None:
+    """The body of `python -m services.<name>`: exits 2 on bad configuration, 1 on start-up failure."""
+    try:
+        config = Config.from_env()
+    except ConfigError as error:
+        print(f"{name}: {error}", file=sys.stderr)
+        sys.exit(2)
+    configure_logging(config.log_level)
+    try:
+        asyncio.run(_serve(name, create, config))
+    except ConfigError as error:
+        print(f"{name}: {error}", file=sys.stderr)
+        sys.exit(2)
+    except (AddressInUse, MigrationError) as error:
+        logger.error("%s", error)
+        sys.exit(1)
+    except psycopg.OperationalError as error:
+        logger.error("cannot reach PostgreSQL: %s", str(error).strip())
+        sys.exit(1)

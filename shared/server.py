@@ -1,0 +1,110 @@
+"""What both gRPC servers share: options, health, reflection, the API-key check, and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from shared.database import Pool, database_answers
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+HEALTH_CHECK_SECONDS = 2.0
+
+SERVER_OPTIONS: Sequence[tuple[str, int]] = (
+    # Without this a second server silently binds the same port.
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Keep long-lived assignment streams alive through idle proxies, and let clients ping every 10 s.
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
+
+
+class AddressInUse(Exception):
+    pass
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    health_task: asyncio.Task[None]
+
+    async def stop(self, grace: float) -> None:
+        self.health_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.health_task
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def _track_database_health(pool: Pool, servicer: health.aio.HealthServicer, service_names: Sequence[str]) -> None:
+    """SERVING only while the database answers."""
+    last: int | None = None
+    while True:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if await database_answers(pool)
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        if status != last:
+            for name in ("", *service_names):
+                await servicer.set(name, status)
+            if last is not None:
+                logger.warning("health is now %s", health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+            last = status
+        await asyncio.sleep(HEALTH_CHECK_SECONDS)
+
+
+async def start_server(
+    address: str,
+    service_names: Sequence[str],
+    add_servicers: Callable[[grpc.aio.Server], None],
+    interceptors: Sequence[grpc.aio.ServerInterceptor],
+    pool: Pool,
+) -> RunningServer:
+    """Starts a gRPC server on `address` (port 0 picks a free port) with health and reflection."""
+    server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+    add_servicers(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as error:
+        raise AddressInUse(f"cannot listen on {address}: the port is taken or the address is not local") from error
+    await server.start()
+    health_task = asyncio.create_task(_track_database_health(pool, health_servicer, service_names))
+    return RunningServer(server=server, port=port, health=health_servicer, health_task=health_task)
+
+
+async def wait_for_stop_signal() -> None:
+    """Returns on the first SIGINT or SIGTERM."""
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signal_number, stopped.set)
+    await stopped.wait()
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # pgserver narrates every command it runs at INFO.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)

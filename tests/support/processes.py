@@ -1,0 +1,105 @@
+"""Both services as real subprocesses, the way they run in production."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shared.api_keys import Role
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until_serving(address: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 30.0) -> None:
+    """Returns once the gRPC health service at `address` says SERVING."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"process exited with {process.returncode} before serving on {address}")
+            try:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing served on {address} within {timeout} s")
+
+
+@dataclass
+class ServiceProcesses:
+    database_url: str
+    keys: dict[Role, str]
+    log_dir: Path
+    registry_port: int = field(default_factory=free_port)
+    orchestrator_port: int = field(default_factory=free_port)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def registry_address(self) -> str:
+        return f"127.0.0.1:{self.registry_port}"
+
+    @property
+    def orchestrator_address(self) -> str:
+        return f"127.0.0.1:{self.orchestrator_port}"
+
+    def environment(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "ARBITER_DATABASE_URL": self.database_url,
+            "ARBITER_REGISTRY_ADDR": self.registry_address,
+            "ARBITER_ORCHESTRATOR_ADDR": self.orchestrator_address,
+            "ARBITER_SERVICE_KEY": self.keys[Role.SERVICE],
+            "ARBITER_ASSIGNMENT_POLL_SECONDS": "0.5",
+            "ARBITER_SHUTDOWN_GRACE_SECONDS": "1",
+        }
+
+    def start(self) -> None:
+        for name, module, address in (
+            ("registry", "services.registry", self.registry_address),
+            ("orchestrator", "services.orchestrator", self.orchestrator_address),
+        ):
+            log = (self.log_dir / f"{name}.log").open("ab")
+            process = subprocess.Popen(
+                [sys.executable, "-m", module], cwd=REPO_ROOT, env=self.environment(), stdout=log, stderr=log
+            )
+            self.processes[name] = process
+            wait_until_serving(address, process)
+
+    def stop(self, kill: bool = False) -> dict[str, int]:
+        """Stops both (SIGTERM, or SIGKILL with kill=True); returns their exit codes."""
+        codes = {}
+        for name, process in reversed(self.processes.items()):
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                codes[name] = process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes[name] = process.wait()
+        self.processes.clear()
+        return codes
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {path.name}\n{path.read_text(errors='replace')}" for path in sorted(self.log_dir.glob("*.log"))
+        )

@@ -1,0 +1,95 @@
+"""Both services in this test's event loop on free loopback ports, with a key per role."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import grpc
+
+from arbiter.v1 import orchestrator_service_pb2_grpc, registry_service_pb2_grpc
+from services.orchestrator.app import OrchestratorApp, create_orchestrator
+from services.registry.app import RegistryApp, create_registry
+from shared.api_keys import Role, create_key
+from shared.config import Config
+from shared.database import open_pool
+
+
+def test_config(database_url: str, **overrides: object) -> Config:
+    """Defaults for tests: free ports, a short safety poll."""
+    base = Config.from_env({})
+    return dataclasses.replace(
+        base,
+        database_url=database_url,
+        registry_addr="127.0.0.1:0",
+        orchestrator_addr="127.0.0.1:0",
+        assignment_poll_seconds=0.5,
+        shutdown_grace_seconds=1.0,
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+async def create_keys(database_url: str) -> dict[Role, str]:
+    pool = await open_pool(database_url, 1, 1, name="test-keys")
+    try:
+        return {role: (await create_key(pool, role, "test")).secret for role in Role}
+    finally:
+        await pool.close()
+
+
+def metadata(key: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {key}"),)
+
+
+@dataclass
+class Stack:
+    registry_app: RegistryApp
+    orchestrator_app: OrchestratorApp
+    keys: dict[Role, str]
+    channels: list[grpc.aio.Channel]
+
+    @property
+    def registry_address(self) -> str:
+        return f"127.0.0.1:{self.registry_app.port}"
+
+    @property
+    def orchestrator_address(self) -> str:
+        return f"127.0.0.1:{self.orchestrator_app.port}"
+
+    def as_role(self, role: Role) -> tuple[tuple[str, str], ...]:
+        return metadata(self.keys[role])
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        channel = grpc.aio.insecure_channel(address)
+        self.channels.append(channel)
+        return channel
+
+    def registry(self) -> registry_service_pb2_grpc.RegistryServiceStub:
+        return registry_service_pb2_grpc.RegistryServiceStub(self._channel(self.registry_address))
+
+    def orchestrator(self) -> orchestrator_service_pb2_grpc.OrchestratorServiceStub:
+        return orchestrator_service_pb2_grpc.OrchestratorServiceStub(self._channel(self.orchestrator_address))
+
+
+@asynccontextmanager
+async def running_stack(database_url: str, **overrides: object) -> AsyncIterator[Stack]:
+    keys = await create_keys(database_url)
+    registry_app = await create_registry(test_config(database_url, **overrides))
+    orchestrator_app = await create_orchestrator(
+        test_config(
+            database_url,
+            service_key=keys[Role.SERVICE],
+            registry_target=f"127.0.0.1:{registry_app.port}",
+            **overrides,
+        )
+    )
+    stack = Stack(registry_app, orchestrator_app, keys, [])
+    try:
+        yield stack
+    finally:
+        for channel in stack.channels:
+            await channel.close()
+        await orchestrator_app.stop(0.5)
+        await registry_app.stop(0.5)
