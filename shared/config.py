@@ -178,12 +178,11 @@ class Config:
                 values[setting.field] = setting.parse(raw.strip())
             except ValueError as error:
                 problems.append(f"{setting.env}={raw!r}: {error}")
-        config = cls(**values)
-        if config.db_pool_min_size > config.db_pool_max_size:
+        if not problems and values["db_pool_min_size"] > values["db_pool_max_size"]:
             problems.append("ARBITER_DB_POOL_MIN_SIZE is above ARBITER_DB_POOL_MAX_SIZE")
         if problems:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
-        return config
+        return cls(**values)
 
     def require_database_url(self) -> str:
         if not self.database_url:

@@ -1,0 +1,143 @@
+"""Pure rules, without a database or a server."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from services.orchestrator.domain import (
+    AttemptReport,
+    TaskRecord,
+    TaskRequirements,
+    TaskState,
+    state_after_failure,
+    validate_submission,
+    why_report_is_stale,
+)
+from services.registry.domain import AgentStatus, validate_heartbeat, validate_registration
+from shared.errors import InvalidArgument
+from shared.pagination import decode_page_token, encode_page_token
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def task(state: TaskState = TaskState.ASSIGNED, attempt: int = 1, max_attempts: int = 3) -> TaskRecord:
+    return TaskRecord(
+        id="1b4e28ba-2fa1-11d2-883f-0016d3cca427",
+        task_type="echo",
+        state=state,
+        payload={},
+        result=None,
+        error="",
+        priority=0,
+        requirements=TaskRequirements(),
+        attempt=attempt,
+        max_attempts=max_attempts,
+        timeout_ms=None,
+        idempotency_key=None,
+        assigned_agent_id="agent-1" if state.is_in_flight else None,
+        progress=0.0,
+        progress_message="",
+        lease_expires_at=None,
+        created_at=NOW,
+        updated_at=NOW,
+    )
+
+
+def submission(**overrides: object) -> dict[str, object]:
+    values: dict[str, object] = {
+        "task_type": "echo",
+        "payload": {},
+        "payload_bytes": 0,
+        "max_payload_bytes": 100,
+        "priority": 0,
+        "requirements": TaskRequirements(),
+        "max_attempts": 0,
+        "timeout_ms": None,
+        "idempotency_key": "",
+    }
+    values.update(overrides)
+    return values
+
+
+def test_submission_defaults_to_three_attempts_and_no_idempotency_key() -> None:
+    checked = validate_submission(**submission())  # type: ignore[arg-type]
+    assert checked.max_attempts == 3
+    assert checked.idempotency_key is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"task_type": ""}, "task_type"),
+        ({"payload_bytes": 101}, "payload"),
+        ({"priority": 1001}, "priority"),
+        ({"priority": -1001}, "priority"),
+        ({"max_attempts": 101}, "max_attempts"),
+        ({"timeout_ms": 8 * 24 * 3600 * 1000}, "timeout"),
+        ({"idempotency_key": "k" * 257}, "idempotency_key"),
+        ({"requirements": TaskRequirements(languages=[""])}, "requirements.languages[0]"),
+    ],
+)
+def test_submission_rejects_each_bad_field_by_name(overrides: dict[str, object], field: str) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        validate_submission(**submission(**overrides))  # type: ignore[arg-type]
+    assert raised.value.field == field
+
+
+def test_retryable_failure_with_attempts_left_goes_back_to_pending() -> None:
+    assert state_after_failure(task(attempt=2, max_attempts=3), retryable=True) == TaskState.PENDING
+
+
+def test_retryable_failure_on_the_last_attempt_fails_the_task() -> None:
+    assert state_after_failure(task(attempt=3, max_attempts=3), retryable=True) == TaskState.FAILED
+
+
+def test_permanent_failure_fails_the_task_whatever_attempts_are_left() -> None:
+    assert state_after_failure(task(attempt=1, max_attempts=3), retryable=False) == TaskState.FAILED
+
+
+@pytest.mark.parametrize(
+    ("current", "report", "expected"),
+    [
+        (task(TaskState.COMPLETED), AttemptReport("t", "agent-1", 1), "already COMPLETED"),
+        (task(TaskState.ASSIGNED, attempt=2), AttemptReport("t", "agent-1", 1), "now at attempt 2"),
+        (task(TaskState.ASSIGNED), AttemptReport("t", "agent-2", 1), "held by agent 'agent-1'"),
+    ],
+)
+def test_stale_report_explanation_names_the_reason(current: TaskRecord, report: AttemptReport, expected: str) -> None:
+    assert expected in why_report_is_stale(current, report)
+
+
+def test_registration_defaults_concurrency_to_one_and_removes_duplicate_names() -> None:
+    registration = validate_registration("a-1", "", "", ["echo", "echo"], ["python"], [], {}, 0)
+    assert registration.max_concurrent_tasks == 1
+    assert registration.task_types == ["echo"]
+
+
+@pytest.mark.parametrize("agent_id", ["", "-x", "a b", "a" * 65, "ü"])
+def test_registration_rejects_agent_ids_outside_the_pattern(agent_id: str) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        validate_registration(agent_id, "", "", ["echo"], [], [], {}, 1)
+    assert raised.value.field == "agent.id"
+
+
+def test_heartbeat_without_status_means_online() -> None:
+    assert validate_heartbeat("a-1", 0, None).status == AgentStatus.ONLINE
+
+
+def test_heartbeat_may_not_claim_a_status_only_the_registry_sets() -> None:
+    with pytest.raises(InvalidArgument):
+        validate_heartbeat("a-1", 0, AgentStatus.OFFLINE)
+
+
+def test_page_token_round_trips() -> None:
+    token = encode_page_token({"after_id": "a-9"})
+    assert decode_page_token("page_token", token, frozenset({"after_id"})) == {"after_id": "a-9"}
+
+
+@pytest.mark.parametrize("token", ["garbage!", encode_page_token({"other": 1}), "e30="])
+def test_foreign_page_tokens_are_rejected(token: str) -> None:
+    with pytest.raises(InvalidArgument):
+        decode_page_token("page_token", token, frozenset({"after_id"}))
