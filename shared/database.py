@@ -29,6 +29,8 @@ async def open_pool(url: str, min_size: int, max_size: int, name: str) -> Pool:
         max_size=max_size,
         kwargs={"row_factory": dict_row, "autocommit": True},
         name=name,
+        # A caller waits at most this long for a connection, then gets UNAVAILABLE.
+        timeout=10.0,
         open=False,
     )
     await pool.open(wait=True, timeout=30)
