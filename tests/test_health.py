@@ -27,9 +27,7 @@ def block_connections(postgres: PostgresForTests, database_url: str, blocked: bo
     with psycopg.connect(postgres.admin_url, autocommit=True) as connection:
         connection.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {"false" if blocked else "true"}')
         if blocked:
-            connection.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-            )
+            connection.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
 
 
 async def test_health_is_not_serving_while_the_database_is_unreachable(
