@@ -90,6 +90,13 @@ SETTINGS: tuple[Setting, ...] = (
         _text,
         "API key (role `service`) the orchestrator sends to the registry. Required by the orchestrator.",
     ),
+    Setting(
+        "ARBITER_REGISTRY_RETRY_SECONDS",
+        "registry_retry_seconds",
+        "10",
+        _positive_float,
+        "How long the orchestrator retries a registry call that answers UNAVAILABLE before giving up.",
+    ),
     Setting("ARBITER_DB_POOL_MIN_SIZE", "db_pool_min_size", "1", _positive_int, "Connections kept open."),
     Setting("ARBITER_DB_POOL_MAX_SIZE", "db_pool_max_size", "10", _positive_int, "Most connections per process."),
     Setting(
@@ -152,6 +159,7 @@ class Config:
     orchestrator_addr: str
     registry_target: str | None
     service_key: str | None
+    registry_retry_seconds: float
     db_pool_min_size: int
     db_pool_max_size: int
     heartbeat_interval_seconds: float

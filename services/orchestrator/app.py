@@ -50,7 +50,7 @@ async def create_orchestrator(config: Config) -> OrchestratorApp:
         sessions = AgentSessions()
         orchestrator = Orchestrator(
             TaskStore(pool, config.lease_seconds),
-            RegistryClient(registry_channel, service_key),
+            RegistryClient(registry_channel, service_key, retry_seconds=config.registry_retry_seconds),
             sessions,
             max_payload_bytes=config.max_payload_bytes,
             poll_seconds=config.assignment_poll_seconds,

@@ -17,18 +17,17 @@ from shared.config import Config
 from shared.database import open_pool
 
 
-def test_config(database_url: str, **overrides: object) -> Config:
-    """Defaults for tests: free ports, a short safety poll."""
-    base = Config.from_env({})
-    return dataclasses.replace(
-        base,
-        database_url=database_url,
-        registry_addr="127.0.0.1:0",
-        orchestrator_addr="127.0.0.1:0",
-        assignment_poll_seconds=0.5,
-        shutdown_grace_seconds=1.0,
-        **overrides,  # type: ignore[arg-type]
-    )
+def config_for_tests(database_url: str, **overrides: object) -> Config:
+    """Defaults for tests: free ports, a short safety poll; `overrides` win."""
+    settings: dict[str, object] = {
+        "database_url": database_url,
+        "registry_addr": "127.0.0.1:0",
+        "orchestrator_addr": "127.0.0.1:0",
+        "assignment_poll_seconds": 0.5,
+        "shutdown_grace_seconds": 1.0,
+    }
+    settings.update(overrides)
+    return dataclasses.replace(Config.from_env({}), **settings)  # type: ignore[arg-type]
 
 
 async def create_keys(database_url: str) -> dict[Role, str]:
@@ -76,9 +75,9 @@ class Stack:
 @asynccontextmanager
 async def running_stack(database_url: str, **overrides: object) -> AsyncIterator[Stack]:
     keys = await create_keys(database_url)
-    registry_app = await create_registry(test_config(database_url, **overrides))
+    registry_app = await create_registry(config_for_tests(database_url, **overrides))
     orchestrator_app = await create_orchestrator(
-        test_config(
+        config_for_tests(
             database_url,
             service_key=keys[Role.SERVICE],
             registry_target=f"127.0.0.1:{registry_app.port}",
