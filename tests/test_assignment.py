@@ -13,7 +13,7 @@ from services.orchestrator.app import create_orchestrator
 from services.registry.app import create_registry
 from shared.api_keys import Role
 from tests.support.processes import free_port
-from tests.support.stack import Stack, create_keys, running_stack, config_for_tests
+from tests.support.stack import Stack, config_for_tests, create_keys, running_stack
 
 
 async def register(stack: Stack, agent_id: str, task_type: str = "echo") -> None:
