@@ -113,3 +113,22 @@ async def test_an_unreachable_registry_answers_unavailable_after_the_retry_windo
             assert "registry is unreachable" in (raised.value.details() or "")
     finally:
         await orchestrator_app.stop(0.5)
+
+
+async def test_a_newer_stream_for_the_same_agent_replaces_the_older_one(stack: Stack) -> None:
+    await register(stack, "twice-1")
+    orchestrator = stack.orchestrator()
+    request = orchestrator_service_pb2.StreamAssignmentsRequest(agent_id="twice-1")
+    older = orchestrator.StreamAssignments(request, metadata=stack.as_role(Role.AGENT))
+    async with asyncio.timeout(5):
+        while len(stack.orchestrator_app.sessions) == 0:
+            await asyncio.sleep(0.01)
+    newer = orchestrator.StreamAssignments(request, metadata=stack.as_role(Role.AGENT))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await older.read()
+    assert raised.value.code() == grpc.StatusCode.ABORTED
+    submitted = await orchestrator.SubmitTask(
+        orchestrator_service_pb2.SubmitTaskRequest(task_type="echo"), metadata=stack.as_role(Role.SUBMITTER)
+    )
+    assert (await newer.read()).assignment.task.id == submitted.task.id
+    newer.cancel()

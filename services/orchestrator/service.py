@@ -24,7 +24,7 @@ from services.orchestrator.domain import (
     why_report_is_stale,
 )
 from services.orchestrator.registry_client import RegistryClient
-from services.orchestrator.sessions import AgentSessions
+from services.orchestrator.sessions import AgentSession, AgentSessions
 from services.orchestrator.storage import TaskStore
 from shared import validation
 from shared.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -156,26 +156,34 @@ class Orchestrator:
         with self.sessions.open(profile) as session:
             logger.info("agent %s connected (%d streams open)", agent_id, len(self.sessions))
             try:
-                for task in await self._store.renew_held(agent_id):
+                async with session.claim_lock:
+                    held = await self._store.renew_held(agent_id)
+                for task in held:
                     yield task
                 refreshed_at = time.monotonic()
                 while not self.sessions.closing:
-                    if session.superseded:
-                        raise Aborted(f"a newer assignment stream for agent '{agent_id}' replaced this one")
                     session.wakeup.clear()
                     if session.profile.accepts_work:
-                        claimed = await self._store.claim(session.profile)
+                        async with session.claim_lock:
+                            self._raise_if_superseded(session, agent_id)
+                            claimed = await self._store.claim(session.profile)
                         for task in claimed:
                             yield task
                         if claimed:
                             continue
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(session.wakeup.wait(), self._poll_seconds)
+                    self._raise_if_superseded(session, agent_id)
                     if time.monotonic() - refreshed_at >= PROFILE_REFRESH_SECONDS:
                         session.profile = await self._refreshed(session.profile)
                         refreshed_at = time.monotonic()
             finally:
                 logger.info("agent %s disconnected", agent_id)
+
+    @staticmethod
+    def _raise_if_superseded(session: AgentSession, agent_id: str) -> None:
+        if session.superseded:
+            raise Aborted(f"a newer assignment stream for agent '{agent_id}' replaced this one")
 
     async def _refreshed(self, profile: AgentProfile) -> AgentProfile:
         """The agent's current profile; the last known one while the registry is unreachable."""

@@ -16,6 +16,9 @@ class AgentSession:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     # Set when a newer stream for the same agent replaces this one.
     superseded: bool = False
+    # Shared by every stream of one agent: a replaced stream's claim in flight finishes before the new
+    # stream reads what the agent holds, so nothing it claimed is missed or over the agent's limit.
+    claim_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class AgentSessions:
@@ -32,6 +35,8 @@ class AgentSessions:
             previous.superseded = True
             previous.wakeup.set()
         session = AgentSession(profile)
+        if previous is not None:
+            session.claim_lock = previous.claim_lock
         self._sessions[profile.id] = session
         try:
             yield session
