@@ -90,13 +90,12 @@ def wait_until_serving(process: subprocess.Popen[bytes], address: str, name: str
 
 
 def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
+    """Stops in reverse start order, so the orchestrator never outlives the registry it calls."""
+    for process in reversed(processes):
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-    for process in processes:
         try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            process.wait(timeout=STOP_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
