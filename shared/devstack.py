@@ -72,21 +72,24 @@ def dial_address(listen_address: str) -> str:
     return f"{host}:{port}"
 
 
-def wait_until_serving(process: subprocess.Popen[bytes], address: str, name: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+def wait_until_serving(
+    address: str, process: subprocess.Popen[bytes] | None = None, timeout: float = READY_TIMEOUT_SECONDS
+) -> None:
+    """Returns once the gRPC health service at `address` says SERVING; fails early if `process` exits."""
+    deadline = time.monotonic() + timeout
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"the {name} exited with code {process.returncode}; see its log above")
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"the process for {address} exited with code {process.returncode}; see its log")
             try:
                 response = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
                 if response.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:
                 pass
-            time.sleep(0.1)
-    raise RuntimeError(f"the {name} did not become healthy on {address} within {READY_TIMEOUT_SECONDS:.0f} s")
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing became healthy on {address} within {timeout:.0f} s")
 
 
 def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -140,14 +143,14 @@ def run(config: Config) -> int:
         environment = {**os.environ, "ARBITER_DATABASE_URL": url, "ARBITER_SERVICE_KEY": keys[Role.SERVICE]}
         processes: list[subprocess.Popen[bytes]] = []
         try:
-            for name, module, address in (
-                ("registry", "services.registry", config.registry_addr),
-                ("orchestrator", "services.orchestrator", config.orchestrator_addr),
+            for module, address in (
+                ("services.registry", config.registry_addr),
+                ("services.orchestrator", config.orchestrator_addr),
             ):
                 # Own process group: Ctrl-C reaches us once, and we stop the children in order.
                 process = subprocess.Popen([sys.executable, "-m", module], env=environment, start_new_session=True)
                 processes.append(process)
-                wait_until_serving(process, dial_address(address), name)
+                wait_until_serving(dial_address(address), process)
             print(banner(config, keys_path), flush=True)
             while not stop_requested:
                 for process in processes:

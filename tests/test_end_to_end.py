@@ -25,7 +25,8 @@ from arbiter.v1 import (
     task_pb2,
 )
 from shared.api_keys import Role
-from tests.support.processes import REPO_ROOT, ServiceProcesses, free_port, wait_until_serving
+from shared.devstack import wait_until_serving
+from tests.support.processes import REPO_ROOT, ServiceProcesses, free_port
 from tests.support.stack import create_keys, metadata
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]

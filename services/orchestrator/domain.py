@@ -181,7 +181,3 @@ def why_report_is_stale(task: TaskRecord, report: AttemptReport) -> str:
     if task.state == TaskState.PENDING:
         return prefix + "the attempt was released and the task is PENDING again"
     return prefix + f"attempt {task.attempt} is held by agent '{task.assigned_agent_id}'"
-
-
-def can_cancel(state: TaskState) -> bool:
-    return not state.is_terminal

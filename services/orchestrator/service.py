@@ -17,7 +17,6 @@ from services.orchestrator.domain import (
     NewTask,
     TaskRecord,
     TaskState,
-    can_cancel,
     validate_failure,
     validate_progress,
     validate_report,
@@ -104,7 +103,6 @@ class Orchestrator:
         cancellation = await self._store.cancel(checked_id, reason.strip() or "cancelled by request")
         if cancellation is None:
             current = await self.get(checked_id)
-            assert not can_cancel(current.state)
             raise FailedPrecondition(
                 f"task {checked_id} is already {current.state.name}; only PENDING, ASSIGNED or RUNNING tasks "
                 "can be cancelled"
