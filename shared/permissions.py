@@ -21,9 +21,11 @@ REGISTRY_ROLES: dict[str, frozenset[Role]] = {
 
 ORCHESTRATOR_ROLES: dict[str, frozenset[Role]] = {
     "SubmitTask": frozenset({ADMIN, SERVICE, SUBMITTER}),
+    "SubmitTasks": frozenset({ADMIN, SERVICE, SUBMITTER}),
     "GetTask": frozenset({ADMIN, SERVICE, SUBMITTER, AGENT, VIEWER}),
     "ListTasks": frozenset({ADMIN, SERVICE, SUBMITTER, VIEWER}),
     "CancelTask": frozenset({ADMIN, SERVICE, SUBMITTER}),
+    "GetQueueStats": frozenset({ADMIN, SERVICE, SUBMITTER, VIEWER}),
     "StreamAssignments": frozenset({ADMIN, AGENT}),
     "ReportProgress": frozenset({ADMIN, AGENT}),
     "CompleteTask": frozenset({ADMIN, AGENT}),

@@ -67,6 +67,8 @@ class Probe:
 PROBES: dict[str, Probe] = {
     # OrchestratorService.
     "SubmitTask": Probe(lambda: opb.SubmitTaskRequest(task_type="echo"), OK),
+    "SubmitTasks": Probe(lambda: opb.SubmitTasksRequest(tasks=[opb.SubmitTaskRequest(task_type="echo")]), OK),
+    "GetQueueStats": Probe(lambda: opb.GetQueueStatsRequest(), OK),
     "GetTask": Probe(lambda: opb.GetTaskRequest(task_id=UNKNOWN_TASK_ID), NOT_FOUND),
     "ListTasks": Probe(lambda: opb.ListTasksRequest(), OK),
     "CancelTask": Probe(lambda: opb.CancelTaskRequest(task_id=UNKNOWN_TASK_ID), NOT_FOUND),

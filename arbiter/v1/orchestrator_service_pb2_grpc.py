@@ -40,6 +40,11 @@ class OrchestratorServiceStub:
                 request_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.SubmitTaskRequest.SerializeToString,
                 response_deserializer=arbiter_dot_v1_dot_orchestrator__service__pb2.SubmitTaskResponse.FromString,
                 _registered_method=True)
+        self.SubmitTasks = channel.unary_unary(
+                '/arbiter.v1.OrchestratorService/SubmitTasks',
+                request_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.SubmitTasksRequest.SerializeToString,
+                response_deserializer=arbiter_dot_v1_dot_orchestrator__service__pb2.SubmitTasksResponse.FromString,
+                _registered_method=True)
         self.GetTask = channel.unary_unary(
                 '/arbiter.v1.OrchestratorService/GetTask',
                 request_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.GetTaskRequest.SerializeToString,
@@ -54,6 +59,11 @@ class OrchestratorServiceStub:
                 '/arbiter.v1.OrchestratorService/CancelTask',
                 request_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.CancelTaskRequest.SerializeToString,
                 response_deserializer=arbiter_dot_v1_dot_orchestrator__service__pb2.CancelTaskResponse.FromString,
+                _registered_method=True)
+        self.GetQueueStats = channel.unary_unary(
+                '/arbiter.v1.OrchestratorService/GetQueueStats',
+                request_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.GetQueueStatsRequest.SerializeToString,
+                response_deserializer=arbiter_dot_v1_dot_orchestrator__service__pb2.GetQueueStatsResponse.FromString,
                 _registered_method=True)
         self.StreamAssignments = channel.unary_stream(
                 '/arbiter.v1.OrchestratorService/StreamAssignments',
@@ -88,6 +98,14 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitTasks(self, request, context):
+        """Submits up to 1000 tasks in one transaction: all are stored, or none (the error names the first
+        bad one). Each may have its own idempotency key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetTask(self, request, context):
         """Returns one task.
         """
@@ -104,6 +122,13 @@ class OrchestratorServiceServicer:
 
     def CancelTask(self, request, context):
         """Cancels a task that has not finished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQueueStats(self, request, context):
+        """Counts tasks by type and state, with the age of the oldest in each.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -145,6 +170,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     request_deserializer=arbiter_dot_v1_dot_orchestrator__service__pb2.SubmitTaskRequest.FromString,
                     response_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.SubmitTaskResponse.SerializeToString,
             ),
+            'SubmitTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitTasks,
+                    request_deserializer=arbiter_dot_v1_dot_orchestrator__service__pb2.SubmitTasksRequest.FromString,
+                    response_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.SubmitTasksResponse.SerializeToString,
+            ),
             'GetTask': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTask,
                     request_deserializer=arbiter_dot_v1_dot_orchestrator__service__pb2.GetTaskRequest.FromString,
@@ -159,6 +189,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.CancelTask,
                     request_deserializer=arbiter_dot_v1_dot_orchestrator__service__pb2.CancelTaskRequest.FromString,
                     response_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.CancelTaskResponse.SerializeToString,
+            ),
+            'GetQueueStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQueueStats,
+                    request_deserializer=arbiter_dot_v1_dot_orchestrator__service__pb2.GetQueueStatsRequest.FromString,
+                    response_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.GetQueueStatsResponse.SerializeToString,
             ),
             'StreamAssignments': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamAssignments,
@@ -209,6 +244,33 @@ class OrchestratorService:
             '/arbiter.v1.OrchestratorService/SubmitTask',
             arbiter_dot_v1_dot_orchestrator__service__pb2.SubmitTaskRequest.SerializeToString,
             arbiter_dot_v1_dot_orchestrator__service__pb2.SubmitTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/arbiter.v1.OrchestratorService/SubmitTasks',
+            arbiter_dot_v1_dot_orchestrator__service__pb2.SubmitTasksRequest.SerializeToString,
+            arbiter_dot_v1_dot_orchestrator__service__pb2.SubmitTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -290,6 +352,33 @@ class OrchestratorService:
             '/arbiter.v1.OrchestratorService/CancelTask',
             arbiter_dot_v1_dot_orchestrator__service__pb2.CancelTaskRequest.SerializeToString,
             arbiter_dot_v1_dot_orchestrator__service__pb2.CancelTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQueueStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/arbiter.v1.OrchestratorService/GetQueueStats',
+            arbiter_dot_v1_dot_orchestrator__service__pb2.GetQueueStatsRequest.SerializeToString,
+            arbiter_dot_v1_dot_orchestrator__service__pb2.GetQueueStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

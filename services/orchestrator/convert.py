@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -11,7 +12,15 @@ from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from arbiter.v1 import orchestrator_service_pb2, task_pb2
-from services.orchestrator.domain import NewTask, TaskRecord, TaskRequirements, TaskState, validate_submission
+from services.orchestrator.domain import (
+    AttemptCancellation,
+    NewTask,
+    TaskCount,
+    TaskRecord,
+    TaskRequirements,
+    TaskState,
+    validate_submission,
+)
 from shared.errors import InvalidArgument
 
 _STATE_TO_PB = {
@@ -82,6 +91,28 @@ def submission_from_pb(request: orchestrator_service_pb2.SubmitTaskRequest, max_
     )
 
 
+def submissions_from_pb(
+    requests: Sequence[orchestrator_service_pb2.SubmitTaskRequest], max_payload_bytes: int
+) -> list[NewTask]:
+    """Every task of a batch, or INVALID_ARGUMENT naming the first bad one, e.g. `tasks[3].priority`."""
+    tasks = []
+    for index, request in enumerate(requests):
+        try:
+            tasks.append(submission_from_pb(request, max_payload_bytes))
+        except InvalidArgument as error:
+            raise InvalidArgument(f"tasks[{index}].{error.field}", error.description) from None
+    return tasks
+
+
+def task_count_to_pb(count: TaskCount) -> orchestrator_service_pb2.TaskCount:
+    return orchestrator_service_pb2.TaskCount(
+        task_type=count.task_type,
+        state=_STATE_TO_PB[count.state],
+        count=count.count,
+        oldest_created_at=_timestamp(count.oldest_created_at),
+    )
+
+
 def task_to_pb(task: TaskRecord) -> task_pb2.Task:
     timeout = None
     if task.timeout_ms is not None:
@@ -113,7 +144,16 @@ def task_to_pb(task: TaskRecord) -> task_pb2.Task:
     )
 
 
-def assignment_to_pb(task: TaskRecord) -> orchestrator_service_pb2.StreamAssignmentsResponse:
+def stream_message_to_pb(
+    message: TaskRecord | AttemptCancellation,
+) -> orchestrator_service_pb2.StreamAssignmentsResponse:
+    if isinstance(message, AttemptCancellation):
+        return orchestrator_service_pb2.StreamAssignmentsResponse(
+            cancellation=orchestrator_service_pb2.Cancellation(
+                task_id=message.task_id, attempt=message.attempt, reason=message.reason
+            )
+        )
+    task = message
     return orchestrator_service_pb2.StreamAssignmentsResponse(
         assignment=orchestrator_service_pb2.Assignment(
             task=task_to_pb(task), attempt=task.attempt, lease_expires_at=_timestamp(task.lease_expires_at)

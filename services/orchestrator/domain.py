@@ -16,6 +16,8 @@ MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 MAX_IDEMPOTENCY_KEY_LENGTH = 256
 MAX_ERROR_LENGTH = 8192
 MAX_MESSAGE_LENGTH = 1024
+# SubmitTasks: more than this in one call is refused; the gRPC message limit (8 MiB) also applies.
+MAX_BATCH_SIZE = 1000
 
 
 class TaskState(StrEnum):
@@ -73,6 +75,31 @@ class TaskRecord:
     lease_expires_at: datetime | None
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A submitted task; `created` is False when its idempotency key named an earlier task."""
+
+    task: TaskRecord
+    created: bool
+
+
+@dataclass(frozen=True)
+class AttemptCancellation:
+    """Tells the agent holding an attempt to stop it."""
+
+    task_id: str
+    attempt: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class TaskCount:
+    task_type: str
+    state: TaskState
+    count: int
+    oldest_created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -140,6 +167,13 @@ def validate_submission(
         timeout_ms=timeout_ms,
         idempotency_key=idempotency_key or None,
     )
+
+
+def validate_batch_size(size: int) -> None:
+    if size == 0:
+        raise InvalidArgument("tasks", f"is empty; send 1 to {MAX_BATCH_SIZE} tasks")
+    if size > MAX_BATCH_SIZE:
+        raise InvalidArgument("tasks", f"has {size} tasks; at most {MAX_BATCH_SIZE} per call, so split the batch")
 
 
 def validate_report(task_id: str, agent_id: str, attempt: int) -> AttemptReport:

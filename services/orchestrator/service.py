@@ -13,10 +13,14 @@ from typing import Any
 
 from services.orchestrator.domain import (
     AgentProfile,
+    AttemptCancellation,
     AttemptReport,
     NewTask,
+    Submitted,
+    TaskCount,
     TaskRecord,
     TaskState,
+    validate_batch_size,
     validate_failure,
     validate_progress,
     validate_report,
@@ -65,11 +69,18 @@ class Orchestrator:
 
     # Submitters' side.
 
-    async def submit(self, task: NewTask) -> TaskRecord:
-        record, created = await self._store.insert(task)
-        if created:
-            self.sessions.wake_capable(record.task_type)
-        return record
+    async def submit(self, task: NewTask) -> Submitted:
+        return (await self.submit_many([task]))[0]
+
+    async def submit_many(self, tasks: list[NewTask]) -> list[Submitted]:
+        validate_batch_size(len(tasks))
+        submitted = await self._store.insert_many(tasks)
+        for task_type in {each.task.task_type for each in submitted if each.created}:
+            self.sessions.wake_capable(task_type)
+        return submitted
+
+    async def queue_stats(self) -> list[TaskCount]:
+        return await self._store.count_by_type_and_state()
 
     async def get(self, task_id: str) -> TaskRecord:
         checked_id = validation.task_id("task_id", task_id)
@@ -107,7 +118,11 @@ class Orchestrator:
                 f"task {checked_id} is already {current.state.name}; only PENDING, ASSIGNED or RUNNING tasks "
                 "can be cancelled"
             )
-        self.sessions.wake(cancellation.released_agent_id)
+        if cancellation.released_agent_id is not None:
+            task = cancellation.task
+            self.sessions.send_cancellation(
+                cancellation.released_agent_id, AttemptCancellation(task.id, task.attempt, task.error)
+            )
         return cancellation.task
 
     # Agents' side.
@@ -147,9 +162,10 @@ class Orchestrator:
             self.sessions.wake_capable(record.task_type)
         return record
 
-    async def assignments(self, agent_id: str) -> AsyncIterator[TaskRecord]:
+    async def assignments(self, agent_id: str) -> AsyncIterator[TaskRecord | AttemptCancellation]:
         """The agent's work, as long as the stream is open: first what it already holds (an assignment
-        may have been lost with a previous stream), then new claims whenever it has free slots."""
+        may have been lost with a previous stream), then new claims whenever it has free slots, and
+        cancellations of what it holds as they happen."""
         profile = await self._registry.get_agent(validation.agent_id("agent_id", agent_id))
         with self.sessions.open(profile) as session:
             logger.info("agent %s connected (%d streams open)", agent_id, len(self.sessions))
@@ -161,6 +177,8 @@ class Orchestrator:
                 refreshed_at = time.monotonic()
                 while not self.sessions.closing:
                     session.wakeup.clear()
+                    for cancellation in session.take_cancellations():
+                        yield cancellation
                     if session.profile.accepts_work:
                         async with session.claim_lock:
                             self._raise_if_superseded(session, agent_id)

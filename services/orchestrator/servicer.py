@@ -9,12 +9,15 @@ import grpc
 from arbiter.v1 import orchestrator_service_pb2 as pb
 from arbiter.v1 import orchestrator_service_pb2_grpc as pb_grpc
 from services.orchestrator.convert import (
-    assignment_to_pb,
     state_from_pb,
+    stream_message_to_pb,
     struct_to_dict,
     submission_from_pb,
+    submissions_from_pb,
+    task_count_to_pb,
     task_to_pb,
 )
+from services.orchestrator.domain import validate_batch_size
 from services.orchestrator.service import Orchestrator
 from shared.errors import InvalidArgument, stream_errors, unary_errors
 
@@ -27,8 +30,21 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     async def SubmitTask(
         self, request: pb.SubmitTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubmitTaskResponse:
-        task = await self._orchestrator.submit(submission_from_pb(request, self._orchestrator.max_payload_bytes))
-        return pb.SubmitTaskResponse(task=task_to_pb(task))
+        submitted = await self._orchestrator.submit(submission_from_pb(request, self._orchestrator.max_payload_bytes))
+        return pb.SubmitTaskResponse(task=task_to_pb(submitted.task), created=submitted.created)
+
+    @unary_errors
+    async def SubmitTasks(
+        self, request: pb.SubmitTasksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubmitTasksResponse:
+        # Size first, so a huge batch is refused before each task is converted.
+        validate_batch_size(len(request.tasks))
+        submitted = await self._orchestrator.submit_many(
+            submissions_from_pb(request.tasks, self._orchestrator.max_payload_bytes)
+        )
+        return pb.SubmitTasksResponse(
+            tasks=[task_to_pb(each.task) for each in submitted], created=[each.created for each in submitted]
+        )
 
     @unary_errors
     async def GetTask(self, request: pb.GetTaskRequest, context: grpc.aio.ServicerContext) -> pb.GetTaskResponse:
@@ -49,12 +65,20 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     ) -> pb.CancelTaskResponse:
         return pb.CancelTaskResponse(task=task_to_pb(await self._orchestrator.cancel(request.task_id, request.reason)))
 
+    @unary_errors
+    async def GetQueueStats(
+        self, request: pb.GetQueueStatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetQueueStatsResponse:
+        return pb.GetQueueStatsResponse(
+            counts=[task_count_to_pb(count) for count in await self._orchestrator.queue_stats()]
+        )
+
     @stream_errors
     async def StreamAssignments(
         self, request: pb.StreamAssignmentsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamAssignmentsResponse]:
-        async for task in self._orchestrator.assignments(request.agent_id):
-            yield assignment_to_pb(task)
+        async for message in self._orchestrator.assignments(request.agent_id):
+            yield stream_message_to_pb(message)
 
     @unary_errors
     async def ReportProgress(

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from services.orchestrator.domain import AgentProfile
+from services.orchestrator.domain import AgentProfile, AttemptCancellation
 
 
 @dataclass
@@ -19,6 +19,12 @@ class AgentSession:
     # Shared by every stream of one agent: a replaced stream's claim in flight finishes before the new
     # stream reads what the agent holds, so nothing it claimed is missed or over the agent's limit.
     claim_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Cancellations of attempts this agent holds, to send before anything else.
+    cancellations: list[AttemptCancellation] = field(default_factory=list)
+
+    def take_cancellations(self) -> list[AttemptCancellation]:
+        taken, self.cancellations = self.cancellations, []
+        return taken
 
 
 class AgentSessions:
@@ -57,6 +63,14 @@ class AgentSessions:
         """The agent has a free slot again."""
         session = self._sessions.get(agent_id) if agent_id else None
         if session is not None:
+            session.wakeup.set()
+
+    def send_cancellation(self, agent_id: str, cancellation: AttemptCancellation) -> None:
+        """Queues the cancellation on the agent's stream if it is open in this process. An agent
+        connected elsewhere learns of it when its next report is refused."""
+        session = self._sessions.get(agent_id)
+        if session is not None:
+            session.cancellations.append(cancellation)
             session.wakeup.set()
 
     def close_all(self) -> None:

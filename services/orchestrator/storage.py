@@ -16,6 +16,8 @@ from services.orchestrator.domain import (
     AgentProfile,
     AttemptReport,
     NewTask,
+    Submitted,
+    TaskCount,
     TaskRecord,
     TaskRequirements,
     TaskState,
@@ -32,6 +34,31 @@ _TASK_COLUMNS = """
 _QUALIFIED_TASK_COLUMNS = ", ".join(f"t.{column.strip()}" for column in _TASK_COLUMNS.split(","))
 
 _IN_FLIGHT = "('assigned', 'running')"
+
+
+# insert_task: a new PENDING row, or nothing when the idempotency key is taken (the caller reads that row).
+_INSERT_TASK = f"""
+    INSERT INTO tasks (task_type, state, payload, priority, required_languages, required_specializations,
+                       required_labels, max_attempts, timeout_ms, idempotency_key)
+    VALUES (%(task_type)s, 'pending', %(payload)s, %(priority)s, %(languages)s, %(specializations)s,
+            %(labels)s, %(max_attempts)s, %(timeout_ms)s, %(idempotency_key)s)
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING {_TASK_COLUMNS}
+"""
+
+
+def _insert_parameters(task: NewTask) -> dict[str, Any]:
+    return {
+        "task_type": task.task_type,
+        "payload": Jsonb(task.payload),
+        "priority": task.priority,
+        "languages": task.requirements.languages,
+        "specializations": task.requirements.specializations,
+        "labels": Jsonb(task.requirements.labels),
+        "max_attempts": task.max_attempts,
+        "timeout_ms": task.timeout_ms,
+        "idempotency_key": task.idempotency_key,
+    }
 
 
 def _record(row: dict[str, Any]) -> TaskRecord:
@@ -72,41 +99,51 @@ class TaskStore:
         self._pool = pool
         self._lease_seconds = lease_seconds
 
-    async def insert(self, task: NewTask) -> tuple[TaskRecord, bool]:
-        """insert_task: one new PENDING row, or, when the idempotency key is taken, the existing row
-        (False). Concurrent inserts with one key wait on the unique index, so only one row is made."""
+    async def insert(self, task: NewTask) -> Submitted:
+        """insert_task: one new PENDING row, or, when the idempotency key is taken, the existing row.
+        Concurrent inserts with one key wait on the unique index, so only one row is made."""
+        return (await self.insert_many([task]))[0]
+
+    async def insert_many(self, tasks: list[NewTask]) -> list[Submitted]:
+        """insert_tasks: all rows in one transaction (all or none), in order. A task whose idempotency
+        key is taken, by an earlier submit or earlier in this batch, resolves to the existing row."""
+        async with self._pool.connection() as connection, connection.transaction(), connection.cursor() as cursor:
+            await cursor.executemany(_INSERT_TASK, [_insert_parameters(task) for task in tasks], returning=True)
+            inserted: list[TaskRecord | None] = []
+            async for _ in cursor.results():
+                row = await cursor.fetchone()
+                inserted.append(_record(row) if row else None)
+            taken_keys = [task.idempotency_key for task, record in zip(tasks, inserted, strict=True) if record is None]
+            existing: dict[str, TaskRecord] = {}
+            if taken_keys:
+                await cursor.execute(
+                    f"SELECT {_TASK_COLUMNS} FROM tasks WHERE idempotency_key = ANY(%s)", (taken_keys,)
+                )
+                existing = {row["idempotency_key"]: _record(row) for row in await cursor.fetchall()}
+        submitted = []
+        for task, record in zip(tasks, inserted, strict=True):
+            if record is not None:
+                submitted.append(Submitted(record, created=True))
+            else:
+                assert task.idempotency_key in existing, "a conflicting idempotency key must name an existing task"
+                submitted.append(Submitted(existing[task.idempotency_key], created=False))
+        return submitted
+
+    async def count_by_type_and_state(self) -> list[TaskCount]:
+        """count_tasks: one row per (type, state) that has tasks, with its oldest submission time."""
         async with self._pool.connection() as connection:
             cursor = await connection.execute(
-                f"""
-                INSERT INTO tasks (task_type, state, payload, priority, required_languages,
-                                   required_specializations, required_labels, max_attempts, timeout_ms,
-                                   idempotency_key)
-                VALUES (%(task_type)s, 'pending', %(payload)s, %(priority)s, %(languages)s, %(specializations)s,
-                        %(labels)s, %(max_attempts)s, %(timeout_ms)s, %(idempotency_key)s)
-                ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-                RETURNING {_TASK_COLUMNS}
-                """,
-                {
-                    "task_type": task.task_type,
-                    "payload": Jsonb(task.payload),
-                    "priority": task.priority,
-                    "languages": task.requirements.languages,
-                    "specializations": task.requirements.specializations,
-                    "labels": Jsonb(task.requirements.labels),
-                    "max_attempts": task.max_attempts,
-                    "timeout_ms": task.timeout_ms,
-                    "idempotency_key": task.idempotency_key,
-                },
+                """
+                SELECT task_type, state, count(*) AS count, min(created_at) AS oldest_created_at
+                FROM tasks
+                GROUP BY task_type, state
+                ORDER BY task_type, state
+                """
             )
-            row = await cursor.fetchone()
-            if row is not None:
-                return _record(row), True
-            cursor = await connection.execute(
-                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE idempotency_key = %s", (task.idempotency_key,)
-            )
-            row = await cursor.fetchone()
-        assert row is not None, "a conflicting idempotency key must name an existing task"
-        return _record(row), False
+            rows = await cursor.fetchall()
+        return [
+            TaskCount(row["task_type"], TaskState(row["state"]), row["count"], row["oldest_created_at"]) for row in rows
+        ]
 
     async def get(self, task_id: str) -> TaskRecord | None:
         async with self._pool.connection() as connection:

@@ -1,0 +1,238 @@
+"""`Client`: submit, follow and cancel tasks, and look at agents, without touching protobuf.
+
+    async with Client("127.0.0.1:50052", api_key, registry_address="127.0.0.1:50051") as client:
+        task = await client.submit("code-review", {"pullRequest": 7})
+        done = await client.wait(task.id, timeout=60)
+
+Every call has a deadline (`timeout`, 10 s by default); a refused call raises `ArbiterError` with
+the gRPC status code and the server's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from arbiter._grpc import key_metadata, open_channel
+from arbiter.errors import ArbiterError, WaitTimeout
+from arbiter.models import AgentInfo, AgentStatus, TaskCount, TaskInfo, TaskSpec, TaskState
+from arbiter.v1 import agent_pb2, task_pb2
+from arbiter.v1 import orchestrator_service_pb2 as opb
+from arbiter.v1 import orchestrator_service_pb2_grpc as opb_grpc
+from arbiter.v1 import registry_service_pb2 as rpb
+from arbiter.v1 import registry_service_pb2_grpc as rpb_grpc
+
+# What SubmitTasks takes in one call; submit_many splits longer lists into calls of this size.
+MAX_BATCH_SIZE = 1000
+DEFAULT_TIMEOUT_SECONDS = 10.0
+# Until WatchTask exists, wait() and watch() poll: quickly at first, then at most this often.
+MAX_POLL_SECONDS = 1.0
+
+Response = TypeVar("Response")
+
+
+class Client:
+    def __init__(
+        self,
+        address: str,
+        api_key: str,
+        *,
+        registry_address: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    ) -> None:
+        """`address` is the orchestrator's; `registry_address` is needed only by the agent calls."""
+        self._address = address
+        self._registry_address = registry_address
+        self._metadata = key_metadata(api_key)
+        self._timeout = timeout
+        self._channel = open_channel(address)
+        self._orchestrator = opb_grpc.OrchestratorServiceStub(self._channel)
+        self._registry_channel: grpc.aio.Channel | None = None
+        self._registry: rpb_grpc.RegistryServiceStub | None = None
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+        if self._registry_channel is not None:
+            await self._registry_channel.close()
+
+    async def _call(self, address: str, method: Callable[..., Awaitable[Response]], request: Any) -> Response:
+        try:
+            return await method(request, metadata=self._metadata, timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            raise ArbiterError.from_rpc_error(error, address) from None
+
+    async def _orchestrator_call(self, method: Callable[..., Awaitable[Response]], request: Any) -> Response:
+        return await self._call(self._address, method, request)
+
+    def _registry_stub(self) -> tuple[str, rpb_grpc.RegistryServiceStub]:
+        if self._registry_address is None:
+            raise ValueError("agent calls go to the registry: create the Client with registry_address=HOST:PORT")
+        if self._registry is None:
+            self._registry_channel = open_channel(self._registry_address)
+            self._registry = rpb_grpc.RegistryServiceStub(self._registry_channel)
+        return self._registry_address, self._registry
+
+    # Tasks.
+
+    async def submit(
+        self,
+        task_type: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        priority: int = 0,
+        max_attempts: int = 0,
+        timeout: timedelta | float | None = None,
+        idempotency_key: str = "",
+        languages: Iterable[str] = (),
+        specializations: Iterable[str] = (),
+        labels: dict[str, str] | None = None,
+    ) -> TaskInfo:
+        """Submits one task. With an idempotency key, a repeat returns the first task (`created` False)."""
+        spec = TaskSpec(
+            task_type=task_type,
+            payload=payload or {},
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            idempotency_key=idempotency_key,
+            languages=list(languages),
+            specializations=list(specializations),
+            labels=dict(labels or {}),
+        )
+        response = await self._orchestrator_call(self._orchestrator.SubmitTask, spec.to_pb())
+        return TaskInfo.from_pb(response.task, created=response.created)
+
+    async def submit_many(self, tasks: Iterable[TaskSpec]) -> list[TaskInfo]:
+        """Submits tasks in calls of up to 1000; each call is stored all-or-nothing. Results are in order."""
+        requests = [spec.to_pb() for spec in tasks]
+        submitted: list[TaskInfo] = []
+        for start in range(0, len(requests), MAX_BATCH_SIZE):
+            response = await self._orchestrator_call(
+                self._orchestrator.SubmitTasks, opb.SubmitTasksRequest(tasks=requests[start : start + MAX_BATCH_SIZE])
+            )
+            submitted.extend(
+                TaskInfo.from_pb(task, created) for task, created in zip(response.tasks, response.created, strict=True)
+            )
+        return submitted
+
+    async def get(self, task_id: str) -> TaskInfo:
+        response = await self._orchestrator_call(self._orchestrator.GetTask, opb.GetTaskRequest(task_id=task_id))
+        return TaskInfo.from_pb(response.task)
+
+    async def cancel(self, task_id: str, reason: str = "") -> TaskInfo:
+        response = await self._orchestrator_call(
+            self._orchestrator.CancelTask, opb.CancelTaskRequest(task_id=task_id, reason=reason)
+        )
+        return TaskInfo.from_pb(response.task)
+
+    async def list_tasks(
+        self, *, state: TaskState | None = None, task_type: str = "", limit: int = 50
+    ) -> list[TaskInfo]:
+        """Up to `limit` tasks, newest first, following pages as needed."""
+
+        async def page(size: int, token: str) -> tuple[list[TaskInfo], str]:
+            response = await self._orchestrator_call(
+                self._orchestrator.ListTasks,
+                opb.ListTasksRequest(
+                    state=state.value if state else task_pb2.TASK_STATE_UNSPECIFIED,
+                    task_type=task_type,
+                    page_size=size,
+                    page_token=token,
+                ),
+            )
+            return [TaskInfo.from_pb(task) for task in response.tasks], response.next_page_token
+
+        return await _collect_pages(page, limit)
+
+    async def queue_stats(self) -> list[TaskCount]:
+        response = await self._orchestrator_call(self._orchestrator.GetQueueStats, opb.GetQueueStatsRequest())
+        return [TaskCount.from_pb(count) for count in response.counts]
+
+    async def watch(self, task_id: str) -> AsyncGenerator[TaskInfo, None]:
+        """The task now, then each time it changes, until it is finished (the last one yielded)."""
+        task = await self.get(task_id)
+        yield task
+        delay = 0.05
+        while not task.state.is_terminal:
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, MAX_POLL_SECONDS)
+            current = await self.get(task_id)
+            if current.updated_at != task.updated_at or current.state != task.state:
+                task = current
+                yield task
+                delay = 0.05
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> TaskInfo:
+        """The task once it is COMPLETED, FAILED or CANCELLED; `WaitTimeout` after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        watching = self.watch(task_id)
+        try:
+            while True:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                try:
+                    task = await asyncio.wait_for(anext(watching), remaining)
+                except TimeoutError:
+                    raise WaitTimeout(f"task {task_id} did not finish within {timeout} s") from None
+                if task.state.is_terminal:
+                    return task
+        finally:
+            await watching.aclose()
+
+    # Agents.
+
+    async def get_agent(self, agent_id: str) -> AgentInfo:
+        address, registry = self._registry_stub()
+        response = await self._call(address, registry.GetAgent, rpb.GetAgentRequest(agent_id=agent_id))
+        return AgentInfo.from_pb(response.agent)
+
+    async def list_agents(
+        self, *, task_type: str = "", status: AgentStatus | None = None, limit: int = 100
+    ) -> list[AgentInfo]:
+        """Up to `limit` agents, following pages as needed."""
+        address, registry = self._registry_stub()
+
+        async def page(size: int, token: str) -> tuple[list[AgentInfo], str]:
+            response = await self._call(
+                address,
+                registry.ListAgents,
+                rpb.ListAgentsRequest(
+                    task_type=task_type,
+                    status=status.value if status else agent_pb2.AGENT_STATUS_UNSPECIFIED,
+                    page_size=size,
+                    page_token=token,
+                ),
+            )
+            return [AgentInfo.from_pb(agent) for agent in response.agents], response.next_page_token
+
+        return await _collect_pages(page, limit)
+
+
+Item = TypeVar("Item")
+# The servers' largest page.
+MAX_PAGE_SIZE = 500
+
+
+async def _collect_pages(fetch_page: Callable[[int, str], Awaitable[tuple[list[Item], str]]], limit: int) -> list[Item]:
+    """Up to `limit` items, following next_page_token from page to page."""
+    items: list[Item] = []
+    token = ""
+    while len(items) < limit:
+        page, token = await fetch_page(min(MAX_PAGE_SIZE, limit - len(items)), token)
+        items.extend(page)
+        if not token:
+            break
+    return items

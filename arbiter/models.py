@@ -1,0 +1,202 @@
+"""Typed results of the SDK, read from the protobuf messages once so callers never touch them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from arbiter.v1 import agent_pb2, orchestrator_service_pb2, task_pb2
+
+
+class TaskState(Enum):
+    PENDING = task_pb2.TASK_STATE_PENDING
+    ASSIGNED = task_pb2.TASK_STATE_ASSIGNED
+    RUNNING = task_pb2.TASK_STATE_RUNNING
+    COMPLETED = task_pb2.TASK_STATE_COMPLETED
+    FAILED = task_pb2.TASK_STATE_FAILED
+    CANCELLED = task_pb2.TASK_STATE_CANCELLED
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED)
+
+    @classmethod
+    def parse(cls, name: str) -> TaskState:
+        """`pending`, `PENDING` or `TASK_STATE_PENDING`."""
+        key = name.strip().upper().removeprefix("TASK_STATE_")
+        if key not in cls.__members__:
+            raise ValueError(f"unknown task state {name!r}; expected one of {', '.join(cls.__members__).lower()}")
+        return cls[key]
+
+
+class AgentStatus(Enum):
+    ONLINE = agent_pb2.AGENT_STATUS_ONLINE
+    BUSY = agent_pb2.AGENT_STATUS_BUSY
+    DRAINING = agent_pb2.AGENT_STATUS_DRAINING
+    UNHEALTHY = agent_pb2.AGENT_STATUS_UNHEALTHY
+    OFFLINE = agent_pb2.AGENT_STATUS_OFFLINE
+    UNKNOWN = agent_pb2.AGENT_STATUS_UNSPECIFIED
+
+
+def optional_time(timestamp: Timestamp, present: bool) -> datetime | None:
+    """An aware UTC datetime, or None when the field is unset."""
+    return timestamp.ToDatetime(tzinfo=UTC) if present else None
+
+
+def struct_to_dict(message: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(message)
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """A task as the orchestrator last reported it."""
+
+    id: str
+    task_type: str
+    state: TaskState
+    payload: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str
+    priority: int
+    attempt: int
+    max_attempts: int
+    assigned_agent_id: str
+    idempotency_key: str
+    progress: float
+    progress_message: str
+    timeout: timedelta | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    lease_expires_at: datetime | None
+    languages: list[str] = field(default_factory=list)
+    specializations: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    # False when submit found an earlier task under the same idempotency key.
+    created: bool = True
+
+    @classmethod
+    def from_pb(cls, task: task_pb2.Task, created: bool = True) -> TaskInfo:
+        return cls(
+            id=task.id,
+            task_type=task.task_type,
+            state=TaskState(task.state),
+            payload=struct_to_dict(task.payload),
+            result=struct_to_dict(task.result) if task.HasField("result") else None,
+            error=task.error,
+            priority=task.priority,
+            attempt=task.attempt,
+            max_attempts=task.max_attempts,
+            assigned_agent_id=task.assigned_agent_id,
+            idempotency_key=task.idempotency_key,
+            progress=task.progress,
+            progress_message=task.progress_message,
+            timeout=task.timeout.ToTimedelta() if task.HasField("timeout") else None,
+            created_at=optional_time(task.created_at, task.HasField("created_at")),
+            updated_at=optional_time(task.updated_at, task.HasField("updated_at")),
+            lease_expires_at=optional_time(task.lease_expires_at, task.HasField("lease_expires_at")),
+            languages=list(task.requirements.languages),
+            specializations=list(task.requirements.specializations),
+            labels=dict(task.requirements.labels),
+            created=created,
+        )
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task to submit; `Client.submit_many` takes a list of these."""
+
+    task_type: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    max_attempts: int = 0
+    # Bound on one attempt; None means none.
+    timeout: timedelta | float | None = None
+    idempotency_key: str = ""
+    languages: list[str] = field(default_factory=list)
+    specializations: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def to_pb(self) -> orchestrator_service_pb2.SubmitTaskRequest:
+        request = orchestrator_service_pb2.SubmitTaskRequest(
+            task_type=self.task_type,
+            priority=self.priority,
+            max_attempts=self.max_attempts,
+            idempotency_key=self.idempotency_key,
+            requirements=task_pb2.TaskRequirements(
+                languages=self.languages, specializations=self.specializations, labels=self.labels
+            ),
+        )
+        try:
+            request.payload.update(self.payload)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"payload of a '{self.task_type}' task is not JSON-like: {error}") from None
+        if self.timeout is not None:
+            timeout = self.timeout if isinstance(self.timeout, timedelta) else timedelta(seconds=self.timeout)
+            request.timeout.FromTimedelta(timeout)
+        return request
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    """An agent as the registry sees it."""
+
+    id: str
+    name: str
+    model_family: str
+    status: AgentStatus
+    task_types: list[str]
+    languages: list[str]
+    specializations: list[str]
+    labels: dict[str, str]
+    max_concurrent_tasks: int
+    active_tasks: int
+    utilization: float
+    success_rate: float
+    task_count: int
+    registered_at: datetime | None
+    last_heartbeat_at: datetime | None
+
+    @classmethod
+    def from_pb(cls, agent: agent_pb2.Agent) -> AgentInfo:
+        capabilities = agent.capabilities
+        return cls(
+            id=agent.id,
+            name=agent.name,
+            model_family=agent.model_family,
+            status=AgentStatus(agent.status),
+            task_types=list(capabilities.task_types),
+            languages=list(capabilities.languages),
+            specializations=list(capabilities.specializations),
+            labels=dict(capabilities.labels),
+            max_concurrent_tasks=agent.max_concurrent_tasks,
+            active_tasks=agent.load.active_tasks,
+            utilization=agent.load.utilization,
+            success_rate=agent.performance.success_rate,
+            task_count=agent.performance.task_count,
+            registered_at=optional_time(agent.registered_at, agent.HasField("registered_at")),
+            last_heartbeat_at=optional_time(agent.last_heartbeat_at, agent.HasField("last_heartbeat_at")),
+        )
+
+
+@dataclass(frozen=True)
+class TaskCount:
+    """How many tasks of one type are in one state, and when the oldest was submitted."""
+
+    task_type: str
+    state: TaskState
+    count: int
+    oldest_created_at: datetime | None
+
+    @classmethod
+    def from_pb(cls, count: orchestrator_service_pb2.TaskCount) -> TaskCount:
+        return cls(
+            task_type=count.task_type,
+            state=TaskState(count.state),
+            count=count.count,
+            oldest_created_at=optional_time(count.oldest_created_at, count.HasField("oldest_created_at")),
+        )
