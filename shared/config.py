@@ -141,6 +141,14 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_float,
         "How long in-flight calls may finish after SIGTERM.",
     ),
+    Setting(
+        "ARBITER_API_KEY",
+        "api_key",
+        None,
+        _text,
+        "The key the `arbiter` command sends (`--key` overrides it); the services ignore it. "
+        "`make run` writes the admin key here in .arbiter/dev-keys.env.",
+    ),
     Setting("ARBITER_LOG_LEVEL", "log_level", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR."),
     Setting(
         "ARBITER_STATE_DIR",
@@ -168,6 +176,7 @@ class Config:
     assignment_poll_seconds: float
     auth_cache_seconds: float
     shutdown_grace_seconds: float
+    api_key: str | None
     log_level: str
     state_dir: str
 

@@ -34,7 +34,7 @@ def read_keys_file(path: Path) -> dict[str, str]:
         return {}
     entries = {}
     for line in path.read_text().splitlines():
-        name, _, value = line.partition("=")
+        name, _, value = line.removeprefix("export ").partition("=")
         if name.startswith("ARBITER_") and value:
             entries[name.strip()] = value.strip()
     return entries
@@ -59,9 +59,13 @@ async def ensure_dev_keys(url: str, existing: dict[str, str]) -> dict[Role, str]
 
 
 def write_keys_file(path: Path, keys: dict[Role, str]) -> None:
+    """One line per role, plus ARBITER_API_KEY (the admin key) for the `arbiter` command; exported,
+    so that `source`-ing the file hands them to the commands the shell runs."""
     path.touch(mode=0o600)
     path.chmod(0o600)
-    path.write_text("".join(f"{key_variable(role)}={secret}\n" for role, secret in keys.items()))
+    lines = [f"export {key_variable(role)}={secret}\n" for role, secret in keys.items()]
+    lines.append(f"export ARBITER_API_KEY={keys[Role.ADMIN]}\n")
+    path.write_text("".join(lines))
 
 
 def dial_address(listen_address: str) -> str:

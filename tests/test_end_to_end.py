@@ -168,7 +168,15 @@ class MakeRun:
         wait_for(lambda: "Arbiter is running" in self.log.read_text(), 30, "the banner")
 
     def keys(self) -> dict[str, str]:
-        lines = (self.state_dir / "dev-keys.env").read_text().splitlines()
+        """What `source .arbiter/dev-keys.env` hands to the commands a shell runs."""
+        shell = subprocess.run(
+            ["bash", "-c", f"source {self.state_dir / 'dev-keys.env'} && env"],
+            env={"PATH": os.environ["PATH"]},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        lines = [line for line in shell.stdout.splitlines() if line.startswith("ARBITER_")]
         return dict(line.split("=", 1) for line in lines)
 
     def interrupt(self) -> int:
@@ -191,7 +199,8 @@ def make_run(tmp_path: Path) -> Iterator[MakeRun]:
 def test_make_run_serves_the_grpcurl_walkthrough_on_embedded_postgres_and_keeps_data(make_run: MakeRun) -> None:
     make_run.start()
     keys = make_run.keys()
-    assert set(keys) == {f"ARBITER_{role.name}_KEY" for role in Role}
+    assert set(keys) == {f"ARBITER_{role.name}_KEY" for role in Role} | {"ARBITER_API_KEY"}
+    assert keys["ARBITER_API_KEY"] == keys["ARBITER_ADMIN_KEY"]
     registry, orchestrator = make_run.registry_address, make_run.orchestrator_address
     agent_key, submitter_key = keys["ARBITER_AGENT_KEY"], keys["ARBITER_SUBMITTER_KEY"]
 
