@@ -26,8 +26,6 @@ def open_channel(address: str) -> grpc.aio.Channel:
 
 
 def key_metadata(api_key: str) -> tuple[tuple[str, str], ...]:
-    if not api_key:
-        raise ValueError("an API key is required: pass api_key=… or set ARBITER_API_KEY")
     return (("authorization", f"Bearer {api_key}"),)
 
 

@@ -1,6 +1,6 @@
 """`Agent`: a worker in a few lines.
 
-    agent = Agent("reviewer-1", languages=["python"], max_concurrent_tasks=4, api_key=key)
+    agent = Agent("reviewer-1", languages=["python"], max_concurrent_tasks=4)
 
     @agent.handler("code-review")
     async def review(task: Task) -> dict:
@@ -35,6 +35,7 @@ import grpc
 from google.protobuf.struct_pb2 import Struct
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
+from arbiter import settings
 from arbiter._grpc import is_transient, key_metadata, open_channel
 from arbiter.errors import ArbiterError, PermanentError
 from arbiter.models import optional_time, struct_to_dict
@@ -49,8 +50,6 @@ logger = logging.getLogger("arbiter.agent")
 Handler = Callable[["Task"], Coroutine[Any, Any, dict[str, Any] | None]]
 HandlerVar = TypeVar("HandlerVar", bound=Handler)
 
-DEFAULT_REGISTRY = "127.0.0.1:50051"
-DEFAULT_ORCHESTRATOR = "127.0.0.1:50052"
 CALL_TIMEOUT_SECONDS = 10.0
 DEFAULT_HEARTBEAT_SECONDS = 5.0
 # Reconnect backoff: from 0.1 s, doubling with jitter, to at most this.
@@ -128,10 +127,12 @@ class Agent:
         specializations: Iterable[str] = (),
         labels: dict[str, str] | None = None,
         max_concurrent_tasks: int = 1,
-        registry: str = DEFAULT_REGISTRY,
-        orchestrator: str = DEFAULT_ORCHESTRATOR,
-        api_key: str,
+        registry: str | None = None,
+        orchestrator: str | None = None,
+        api_key: str | None = None,
     ) -> None:
+        """Addresses and key not given come from ARBITER_REGISTRY_TARGET (or ARBITER_REGISTRY_ADDR),
+        ARBITER_ORCHESTRATOR_ADDR and ARBITER_API_KEY; the addresses default to 127.0.0.1:50051/50052."""
         if max_concurrent_tasks < 1:
             raise ValueError(f"max_concurrent_tasks must be at least 1; got {max_concurrent_tasks}")
         self.id = id
@@ -141,11 +142,12 @@ class Agent:
         self.specializations = list(specializations)
         self.labels = dict(labels or {})
         self.max_concurrent_tasks = max_concurrent_tasks
-        self.registry_address = registry
-        self.orchestrator_address = orchestrator
-        self._metadata = key_metadata(api_key)
+        self.registry_address = registry or settings.registry_address()
+        self.orchestrator_address = orchestrator or settings.orchestrator_address()
+        self._metadata = key_metadata(settings.api_key(api_key))
         self._handlers: dict[str, Handler] = {}
-        self._held: dict[str, _Attempt] = {}
+        # Keyed by (task id, attempt): a task taken back and handed out again is a new attempt.
+        self._held: dict[tuple[str, int], _Attempt] = {}
         self._draining = asyncio.Event()
         self._stopping = False
         self._heartbeat_seconds = DEFAULT_HEARTBEAT_SECONDS
@@ -364,19 +366,21 @@ class Agent:
 
     def _accept(self, assignment: opb.Assignment) -> None:
         task_id = assignment.task.id
-        held = self._held.get(task_id)
-        if held is not None and held.attempt == assignment.attempt:
+        held = self._held.get((task_id, assignment.attempt))
+        if held is not None:
             # Sent again after a reconnect: already running here.
             held.lease_expires_at = _lease_end(assignment)
             return
+        for older in [attempt for (held_id, _), attempt in self._held.items() if held_id == task_id]:
+            self._revoke(task_id, older.attempt, f"superseded by attempt {assignment.attempt}")
         attempt = _Attempt(task_id, assignment.task.task_type, assignment.attempt, _lease_end(assignment))
-        self._held[task_id] = attempt
+        self._held[(task_id, attempt.attempt)] = attempt
         attempt.runner = asyncio.create_task(self._run(attempt, assignment))
 
     def _revoke(self, task_id: str, attempt_number: int, reason: str) -> None:
         """The attempt is no longer this agent's: cancel its handler and report nothing for it."""
-        attempt = self._held.get(task_id)
-        if attempt is None or attempt.attempt != attempt_number or attempt.revoked_because:
+        attempt = self._held.get((task_id, attempt_number))
+        if attempt is None or attempt.revoked_because:
             return
         attempt.revoked_because = reason or "cancelled"
         logger.info("task %s attempt %d taken back: %s", task_id, attempt_number, attempt.revoked_because)
@@ -394,8 +398,15 @@ class Agent:
                 if attempt.stopping or self._stopping:
                     await self._fail(attempt, f"agent '{self.id}' stopped before starting the task", retryable=True)
                     return
+                handler = self._handlers.get(attempt.task_type)
+                if handler is None:
+                    # Held under this agent id by an earlier run with other handlers: let another agent take it.
+                    await self._fail(
+                        attempt, f"agent '{self.id}' has no handler for task type '{attempt.task_type}'", retryable=True
+                    )
+                    return
                 task = Task(assignment, lambda fraction, message: self._report_progress(attempt, fraction, message))
-                attempt.handler_task = asyncio.create_task(self._handlers[attempt.task_type](task))
+                attempt.handler_task = asyncio.create_task(handler(task))
                 lease_keeper = asyncio.create_task(self._keep_lease(attempt))
                 await asyncio.wait({attempt.handler_task})
                 lease_keeper.cancel()
@@ -407,7 +418,7 @@ class Agent:
                 lease_keeper.cancel()
             if attempt.handler_task is not None and not attempt.handler_task.done():
                 attempt.handler_task.cancel()
-            del self._held[attempt.task_id]
+            del self._held[(attempt.task_id, attempt.attempt)]
             attempt.done.set()
 
     async def _report_outcome(self, attempt: _Attempt, handler_task: asyncio.Task[Any]) -> None:

@@ -1,6 +1,6 @@
 """`Client`: submit, follow and cancel tasks, and look at agents, without touching protobuf.
 
-    async with Client("127.0.0.1:50052", api_key, registry_address="127.0.0.1:50051") as client:
+    async with Client("127.0.0.1:50052", api_key) as client:
         task = await client.submit("code-review", {"pullRequest": 7})
         done = await client.wait(task.id, timeout=60)
 
@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from arbiter import settings
 from arbiter._grpc import key_metadata, open_channel
 from arbiter.errors import ArbiterError, WaitTimeout
 from arbiter.models import AgentInfo, AgentStatus, TaskCount, TaskInfo, TaskSpec, TaskState
@@ -40,18 +41,20 @@ Response = TypeVar("Response")
 class Client:
     def __init__(
         self,
-        address: str,
-        api_key: str,
+        address: str | None = None,
+        api_key: str | None = None,
         *,
         registry_address: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
     ) -> None:
-        """`address` is the orchestrator's; `registry_address` is needed only by the agent calls."""
-        self._address = address
-        self._registry_address = registry_address
-        self._metadata = key_metadata(api_key)
+        """`address` is the orchestrator's; the registry's serves the agent calls. Those not given come
+        from ARBITER_ORCHESTRATOR_ADDR, ARBITER_REGISTRY_TARGET (or ARBITER_REGISTRY_ADDR) and
+        ARBITER_API_KEY; the addresses default to 127.0.0.1:50052 and 127.0.0.1:50051."""
+        self._address = address or settings.orchestrator_address()
+        self._registry_address = registry_address or settings.registry_address()
+        self._metadata = key_metadata(settings.api_key(api_key))
         self._timeout = timeout
-        self._channel = open_channel(address)
+        self._channel = open_channel(self._address)
         self._orchestrator = opb_grpc.OrchestratorServiceStub(self._channel)
         self._registry_channel: grpc.aio.Channel | None = None
         self._registry: rpb_grpc.RegistryServiceStub | None = None
@@ -79,8 +82,6 @@ class Client:
         return await self._call(self._address, method, request)
 
     def _registry_stub(self) -> tuple[str, rpb_grpc.RegistryServiceStub]:
-        if self._registry_address is None:
-            raise ValueError("agent calls go to the registry: create the Client with registry_address=HOST:PORT")
         if self._registry is None:
             self._registry_channel = open_channel(self._registry_address)
             self._registry = rpb_grpc.RegistryServiceStub(self._registry_channel)

@@ -14,10 +14,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from arbiter.settings import dial_address
 from shared.api_keys import Role, create_key, find_role, hash_secret
-from shared.cli import database_url
 from shared.config import Config, ConfigError
 from shared.database import migrate, open_pool
+from shared.embedded_postgres import database_url
 from shared.server import configure_logging
 
 READY_TIMEOUT_SECONDS = 30.0
@@ -66,14 +67,6 @@ def write_keys_file(path: Path, keys: dict[Role, str]) -> None:
     lines = [f"export {key_variable(role)}={secret}\n" for role, secret in keys.items()]
     lines.append(f"export ARBITER_API_KEY={keys[Role.ADMIN]}\n")
     path.write_text("".join(lines))
-
-
-def dial_address(listen_address: str) -> str:
-    """Where to connect to a server listening on `listen_address` (wildcards mean this machine)."""
-    host, _, port = listen_address.rpartition(":")
-    if host in ("0.0.0.0", "[::]", ""):
-        host = "127.0.0.1"
-    return f"{host}:{port}"
 
 
 def wait_until_serving(

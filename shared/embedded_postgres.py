@@ -6,12 +6,16 @@ holding it exits; one left by a killed run is found and reused on the next start
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
+
+from shared.config import Config
 
 DATABASE_NAME = "arbiter"
 
@@ -41,3 +45,16 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         """Stops the server unless another process still holds it."""
         self._server.cleanup()
+
+
+@contextlib.contextmanager
+def database_url(config: Config) -> Iterator[str]:
+    """The configured database, or the embedded one under ARBITER_STATE_DIR while the block runs."""
+    if config.database_url:
+        yield config.database_url
+        return
+    embedded = EmbeddedPostgres(Path(config.state_dir))
+    try:
+        yield embedded.url
+    finally:
+        embedded.stop()

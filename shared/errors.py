@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import grpc
 import psycopg
+import psycopg.errors
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -66,7 +67,12 @@ STATUS_BY_ERROR: dict[type[ArbiterError], grpc.StatusCode] = {
 
 
 def _database_error(error: psycopg.Error) -> ArbiterError:
-    """A lost connection is worth retrying; anything else is a fault of this server, logged in full."""
+    """A lost connection is worth retrying; text PostgreSQL cannot store is the caller's to fix;
+    anything else is a fault of this server, logged in full."""
+    if isinstance(error, psycopg.errors.UntranslatableCharacter) or (
+        isinstance(error, psycopg.DataError) and "NUL (0x00)" in str(error)
+    ):
+        return InvalidArgument("request", "a text field contains a NUL character (\\u0000), which cannot be stored")
     if isinstance(error, psycopg.OperationalError):
         logger.warning("database unavailable: %s", error)
         return Unavailable("the database is unavailable; retry shortly")

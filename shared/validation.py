@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from shared.errors import InvalidArgument
 
@@ -37,7 +38,37 @@ def task_id(field: str, value: str) -> str:
         ) from None
 
 
+NUL_RULE = "contains a NUL character (\\u0000), which PostgreSQL cannot store; remove it"
+
+
+def _nul_path(value: Any, path: str) -> str | None:
+    """Where in a JSON-like value the first NUL character is (in a key or a string), or None."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = f"{path}.{key!r}" if "\x00" in key else _nul_path(item, f"{path}.{key}")
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_path(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None
+
+
+def storable_json(field: str, value: dict[str, Any]) -> dict[str, Any]:
+    """A payload or result PostgreSQL's jsonb can hold: no NUL character in any key or string."""
+    path = _nul_path(value, field)
+    if path is not None:
+        raise InvalidArgument(field, f"{path} {NUL_RULE}")
+    return value
+
+
 def name(field: str, value: str, *, required: bool) -> str:
+    if "\x00" in value:
+        raise InvalidArgument(field, NUL_RULE)
     if required and not value.strip():
         raise InvalidArgument(field, "is required")
     if len(value) > MAX_NAME_LENGTH:
@@ -63,6 +94,8 @@ def labels(field: str, values: Mapping[str, str]) -> dict[str, str]:
     if len(values) > MAX_LABELS:
         raise InvalidArgument(field, f"has {len(values)} labels; at most {MAX_LABELS} are allowed")
     for key, value in values.items():
+        if "\x00" in key or "\x00" in value:
+            raise InvalidArgument(f"{field}[{key!r}]", NUL_RULE)
         if not key or len(key) > MAX_LABEL_KEY_LENGTH:
             raise InvalidArgument(f"{field}[{key!r}]", f"label keys must be 1-{MAX_LABEL_KEY_LENGTH} characters")
         if len(value) > MAX_LABEL_VALUE_LENGTH:

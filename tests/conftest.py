@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.support.database import PostgresForTests
-from tests.support.stack import Stack, running_stack
+from tests.support.processes import ServiceProcesses
+from tests.support.stack import Stack, create_keys, running_stack
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +38,18 @@ async def stack(database_url: str) -> AsyncIterator[Stack]:
     """Registry and orchestrator running in this test's event loop, with a key per role."""
     async with running_stack(database_url) as running:
         yield running
+
+
+@pytest.fixture
+async def services(database_url: str, tmp_path: Path) -> AsyncIterator[ServiceProcesses]:
+    """Both services as real subprocesses on free ports, with a key per role. They must stop cleanly
+    (exit 0 on SIGTERM); their logs are shown when they do not."""
+    log_dir = tmp_path / "service-logs"
+    log_dir.mkdir()
+    processes = ServiceProcesses(database_url, await create_keys(database_url), log_dir)
+    try:
+        processes.start()
+        yield processes
+    finally:
+        codes = processes.stop()
+        assert codes == {"orchestrator": 0, "registry": 0}, processes.logs()

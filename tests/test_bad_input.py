@@ -191,6 +191,8 @@ BAD_SUBMISSIONS = {
         ),
         "requirements.languages",
     ),
+    "NUL in a payload string": (opb.SubmitTaskRequest(task_type=TASK_TYPE, payload=struct({"a": "x\x00y"})), "payload"),
+    "NUL in task_type": (opb.SubmitTaskRequest(task_type="ec\x00ho"), "task_type"),
     "empty required language": (
         opb.SubmitTaskRequest(task_type=TASK_TYPE, requirements=task_pb2.TaskRequirements(languages=[""])),
         "requirements.languages",
@@ -203,6 +205,24 @@ async def test_submit_task_rejects_bad_input_naming_the_field_and_stores_nothing
     api: Api, request_: opb.SubmitTaskRequest, field: str
 ) -> None:
     await rejected_as_invalid(api.submit_call(request_), field)
+    assert list((await api.list_tasks()).tasks) == []
+
+
+@pytest.mark.parametrize(("request_", "field"), BAD_SUBMISSIONS.values(), ids=BAD_SUBMISSIONS.keys())
+async def test_submit_tasks_names_the_bad_task_and_field_and_stores_none_of_the_batch(
+    api: Api, request_: opb.SubmitTaskRequest, field: str
+) -> None:
+    good = opb.SubmitTaskRequest(task_type=TASK_TYPE, idempotency_key="good-one")
+    batch = opb.SubmitTasksRequest(tasks=[good, request_, opb.SubmitTaskRequest(task_type=TASK_TYPE)])
+    error = await rejected(api.orchestrator.SubmitTasks(batch, metadata=api.submitter), INVALID)
+    assert error.details().startswith((f"tasks[1].{field}:", f"tasks[1].{field}[")), error.details()
+    assert list((await api.list_tasks()).tasks) == []
+
+
+@pytest.mark.parametrize("size", [0, 1001], ids=["empty", "over-1000"])
+async def test_submit_tasks_refuses_an_empty_or_oversized_batch_and_stores_nothing(api: Api, size: int) -> None:
+    batch = opb.SubmitTasksRequest(tasks=[opb.SubmitTaskRequest(task_type=TASK_TYPE)] * size)
+    await rejected_as_invalid(api.orchestrator.SubmitTasks(batch, metadata=api.submitter), "tasks")
     assert list((await api.list_tasks()).tasks) == []
 
 
@@ -264,6 +284,22 @@ async def test_stale_or_foreign_report_is_failed_precondition_and_leaves_the_tas
     assigned = await assign_task(api)
     wrong = {"attempt": assigned.attempt + 1} if who == "stale-attempt" else {"agent_id": OTHER_AGENT_ID}
     await rejected(assigned.report(api, rpc, **wrong), FAILED_PRECONDITION)
+    await assert_still_assigned(api, assigned)
+
+
+NUL_IN_REPORTS = {
+    "CompleteTask result": ("CompleteTask", {"result": struct({"nested": {"text": "a\x00b"}})}, "result"),
+    "FailTask error": ("FailTask", {"error": "broke\x00"}, "request"),
+    "ReportProgress message": ("ReportProgress", {"message": "half\x00way"}, "request"),
+}
+
+
+@pytest.mark.parametrize(("rpc", "fields", "field"), NUL_IN_REPORTS.values(), ids=NUL_IN_REPORTS.keys())
+async def test_a_nul_character_in_a_report_is_invalid_argument_and_leaves_the_task_unchanged(
+    api: Api, rpc: str, fields: dict[str, Any], field: str
+) -> None:
+    assigned = await assign_task(api)
+    await rejected_as_invalid(assigned.report(api, rpc, **fields), field)
     await assert_still_assigned(api, assigned)
 
 

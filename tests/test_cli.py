@@ -1,36 +1,328 @@
+"""The `arbiter` command as a person runs it: one subprocess per call (`python -m arbiter.cli`), against
+live services (the in-process `stack`, or `arbiter run` itself), checking what it prints and its exit code.
+
+A subprocess started from an async test must not block the loop the in-process services run on, so
+every call goes through asyncio.create_subprocess_exec."""
+
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
+import pytest
+
+from arbiter import Agent, Client, PermanentError, Task, TaskState
 from shared.api_keys import Role, find_role, hash_secret
 from shared.database import open_pool
-from tests.support.processes import REPO_ROOT
+from shared.devstack import wait_until_serving
+from tests.support.processes import REPO_ROOT, free_port
+from tests.support.stack import Stack, create_keys, running_stack
+
+COMMAND = [sys.executable, "-m", "arbiter.cli"]
+UNREACHABLE = "127.0.0.1:1"
+CALL_TIMEOUT_SECONDS = 60
 
 
-def arbiter(database_url: str, *arguments: str) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "ARBITER_DATABASE_URL": database_url}
-    return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *arguments],
-        cwd=REPO_ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
+def environment(**variables: str) -> dict[str, str]:
+    """This process's environment without any ARBITER_* setting, plus `variables`."""
+    inherited = {name: value for name, value in os.environ.items() if not name.startswith("ARBITER_")}
+    return {**inherited, **variables}
+
+
+def stack_environment(stack: Stack, database_url: str, key: str | None = None) -> dict[str, str]:
+    """Pointed at the in-process services and their database, with the admin key unless `key`."""
+    return environment(
+        ARBITER_DATABASE_URL=database_url,
+        ARBITER_ORCHESTRATOR_ADDR=stack.orchestrator_address,
+        ARBITER_REGISTRY_ADDR=stack.registry_address,
+        ARBITER_API_KEY=stack.keys[Role.ADMIN] if key is None else key,
     )
 
 
+async def arbiter(variables: dict[str, str], *arguments: str) -> subprocess.CompletedProcess[str]:
+    process = await asyncio.create_subprocess_exec(
+        *COMMAND,
+        *arguments,
+        cwd=REPO_ROOT,
+        env=variables,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), CALL_TIMEOUT_SECONDS)
+    assert process.returncode is not None
+    return subprocess.CompletedProcess([*COMMAND, *arguments], process.returncode, stdout.decode(), stderr.decode())
+
+
+def succeeded(result: subprocess.CompletedProcess[str]) -> str:
+    """stdout of a call that must have worked."""
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], exit_code: int, start: str) -> str:
+    """The call failed with `exit_code` and said why in exactly one line on stderr, no traceback."""
+    assert result.returncode == exit_code, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(start), result.stderr
+    return lines[0]
+
+
+def table_row(output: str, first_cell: str) -> list[str]:
+    """The cells (split on whitespace) of the table row that starts with `first_cell`."""
+    rows = [line.split() for line in output.splitlines() if line.split()[:1] == [first_cell]]
+    assert len(rows) == 1, output
+    return rows[0]
+
+
+Handler = Callable[[Task], Awaitable[Any]]
+
+
+@asynccontextmanager
+async def serving_agent(stack: Stack, handlers: dict[str, Handler]) -> AsyncIterator[Agent]:
+    """An SDK agent in this test's loop with these handlers, drained when the block ends."""
+    agent = Agent(
+        "cli-test-agent",
+        max_concurrent_tasks=4,
+        registry=stack.registry_address,
+        orchestrator=stack.orchestrator_address,
+        api_key=stack.keys[Role.AGENT],
+    )
+    for task_type, handler in handlers.items():
+        agent.handler(task_type)(handler)
+    running = asyncio.create_task(agent.serve())
+    try:
+        yield agent
+    finally:
+        agent.drain()
+        await asyncio.wait_for(running, 30)
+
+
+async def succeed(task: Task) -> dict[str, Any]:
+    return {"echo": task.payload}
+
+
+async def give_up(task: Task) -> dict[str, Any]:
+    raise PermanentError("this input cannot work")
+
+
+def submitter(stack: Stack) -> Client:
+    return Client(stack.orchestrator_address, stack.keys[Role.SUBMITTER], registry_address=stack.registry_address)
+
+
+# Help and usage.
+
+
+async def test_help_lists_every_command_and_tasks_help_documents_exit_codes() -> None:
+    top, tasks = await asyncio.gather(arbiter(environment(), "--help"), arbiter(environment(), "tasks", "--help"))
+    for command in ("run", "migrate", "keys", "agents", "tasks", "stats", "demo"):
+        assert f"    {command} " in succeeded(top)
+    assert "--orchestrator HOST:PORT" in top.stdout
+    assert "0    the task is COMPLETED" in succeeded(tasks)
+    assert "1    the task is FAILED or CANCELLED" in tasks.stdout
+
+
+async def test_an_unknown_flag_is_a_usage_error() -> None:
+    refused = await arbiter(environment(ARBITER_API_KEY="arb_unused"), "tasks", "list", "--colour")
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("usage: arbiter")
+    assert "error: unrecognized arguments: --colour" in refused.stderr
+
+
+async def test_a_missing_key_says_where_to_get_one() -> None:
+    refused = await arbiter(environment(), "tasks", "list")
+    line = assert_one_line_error(refused, 2, "arbiter: no API key:")
+    assert "pass --key or set ARBITER_API_KEY" in line
+
+
+async def test_a_malformed_variable_is_named_and_exits_2() -> None:
+    refused = await arbiter(environment(ARBITER_API_KEY="arb_unused", ARBITER_ORCHESTRATOR_ADDR="nowhere"), "stats")
+    assert refused.returncode == 2
+    assert "ARBITER_ORCHESTRATOR_ADDR='nowhere': expected HOST:PORT" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+async def test_a_payload_that_is_not_a_json_object_is_refused_before_any_call() -> None:
+    variables = environment(ARBITER_API_KEY="arb_unused", ARBITER_ORCHESTRATOR_ADDR=UNREACHABLE)
+    broken, array = await asyncio.gather(
+        arbiter(variables, "tasks", "submit", "echo", "--payload", "{text: hi}"),
+        arbiter(variables, "tasks", "submit", "echo", "--payload", "[1, 2]"),
+    )
+    assert_one_line_error(broken, 2, "arbiter: --payload is not valid JSON:")
+    assert_one_line_error(array, 2, "arbiter: --payload must be a JSON object")
+
+
+# Refused and unreachable calls.
+
+
+async def test_an_unreachable_address_is_unavailable_in_one_line() -> None:
+    refused = await arbiter(environment(ARBITER_API_KEY="arb_unused"), "tasks", "list", "--orchestrator", UNREACHABLE)
+    line = assert_one_line_error(refused, 1, "arbiter: UNAVAILABLE: cannot reach 127.0.0.1:1")
+    assert "Traceback" not in line
+
+
+async def test_an_unknown_key_is_unauthenticated_in_one_line(stack: Stack, database_url: str) -> None:
+    refused = await arbiter(stack_environment(stack, database_url, key="arb_not-a-real-key"), "stats")
+    assert_one_line_error(refused, 1, "arbiter: UNAUTHENTICATED: ")
+
+
+# Tasks.
+
+
+async def test_a_submitted_task_reads_back_with_get_and_list_in_json_and_tables(
+    stack: Stack, database_url: str
+) -> None:
+    variables = stack_environment(stack, database_url)
+    submitted = await arbiter(
+        variables,
+        *("tasks", "submit", "code-review", "--payload", '{"pullRequest": 7}', "--priority", "5"),
+        *("--language", "python", "--language", "go", "--label", "region=eu", "--timeout", "30", "--json"),
+    )
+    task = json.loads(succeeded(submitted))
+    assert task["state"] == "pending"
+    assert task["payload"] == {"pullRequest": 7}
+    assert task["languages"] == ["python", "go"]
+    assert task["labels"] == {"region": "eu"}
+    assert task["timeout"] == 30.0
+    assert task["created_at"].endswith("+00:00")
+
+    shown, listed, table = await asyncio.gather(
+        arbiter(variables, "tasks", "get", task["id"]),
+        arbiter(variables, "tasks", "list", "--state", "pending", "--type", "code-review", "--json"),
+        arbiter(variables, "tasks", "list"),
+    )
+    assert table_row(succeeded(shown), "state") == ["state", "pending"]
+    # Protobuf keeps every number as a double; 7 still prints as 7.
+    assert table_row(shown.stdout, "payload") == ["payload", '{"pullRequest":', "7}"]
+    assert [listed_task["id"] for listed_task in json.loads(succeeded(listed))] == [task["id"]]
+    row = table_row(succeeded(table), task["id"])
+    assert row[1:5] == ["code-review", "pending", "5", "1/3"]
+
+
+async def test_cancel_then_watch_shows_the_cancelled_task_and_exits_1(stack: Stack, database_url: str) -> None:
+    variables = stack_environment(stack, database_url)
+    async with submitter(stack) as client:
+        task = await client.submit("nobody-takes-this")
+    cancelled = await arbiter(variables, "tasks", "cancel", task.id, "--reason", "not needed", "--json")
+    assert json.loads(succeeded(cancelled))["state"] == "cancelled"
+
+    watched = await arbiter(variables, "tasks", "watch", task.id)
+    assert watched.returncode == 1
+    [line] = watched.stdout.splitlines()
+    assert "cancelled" in line and "error not needed" in line
+
+
+async def test_watch_prints_each_change_until_completed_and_exits_0(stack: Stack, database_url: str) -> None:
+    async with submitter(stack) as client:
+        task = await client.submit("echo", {"text": "hello"})
+    watching = await asyncio.create_subprocess_exec(
+        *COMMAND,
+        *("tasks", "watch", task.id, "--json"),
+        cwd=REPO_ROOT,
+        env=stack_environment(stack, database_url),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert watching.stdout is not None
+    # The task as it is now comes first; only then does an agent take it.
+    first = json.loads(await asyncio.wait_for(watching.stdout.readline(), CALL_TIMEOUT_SECONDS))
+    assert first["state"] == "pending"
+    async with serving_agent(stack, {"echo": succeed}):
+        rest, stderr = await asyncio.wait_for(watching.communicate(), CALL_TIMEOUT_SECONDS)
+    assert watching.returncode == 0, stderr.decode()
+    changes = [json.loads(line) for line in rest.decode().splitlines()]
+    assert changes[-1]["state"] == "completed"
+    assert changes[-1]["result"] == {"echo": {"text": "hello"}}
+    assert len(changes) == len({change["updated_at"] for change in changes})
+
+
+async def test_watch_exits_1_when_the_task_fails(stack: Stack, database_url: str) -> None:
+    async with serving_agent(stack, {"give-up": give_up}), submitter(stack) as client:
+        task = await client.submit("give-up")
+        watched = await arbiter(stack_environment(stack, database_url), "tasks", "watch", task.id)
+    assert watched.returncode == 1, watched.stderr
+    last = watched.stdout.splitlines()[-1]
+    assert "failed" in last and "this input cannot work" in last
+
+
+async def test_watch_gives_up_after_its_timeout_with_exit_124(stack: Stack, database_url: str) -> None:
+    async with submitter(stack) as client:
+        task = await client.submit("nobody-takes-this")
+    watched = await arbiter(stack_environment(stack, database_url), "tasks", "watch", task.id, "--timeout", "0.5")
+    assert_one_line_error(watched, 124, f"arbiter: task {task.id} is still PENDING after 0.5 s")
+
+
+async def test_submit_wait_prints_the_finished_task_and_exits_by_its_state(stack: Stack, database_url: str) -> None:
+    variables = stack_environment(stack, database_url)
+    async with serving_agent(stack, {"echo": succeed, "give-up": give_up}):
+        completed, failed = await asyncio.gather(
+            arbiter(variables, "tasks", "submit", "echo", "--payload", '{"n": 1}', "--wait", "--json"),
+            arbiter(variables, "tasks", "submit", "give-up", "--wait-timeout", "30", "--json"),
+        )
+    assert json.loads(succeeded(completed))["result"] == {"echo": {"n": 1}}
+    assert failed.returncode == 1
+    assert json.loads(failed.stdout)["state"] == "failed"
+
+
+# Queue depth and agents.
+
+
+async def test_stats_counts_tasks_by_type_and_state(stack: Stack, database_url: str) -> None:
+    async with submitter(stack) as client:
+        first, *_ = [await client.submit("stat-a") for _ in range(3)]
+        await client.submit("stat-b")
+        await client.cancel(first.id)
+    variables = stack_environment(stack, database_url)
+    as_json, table = await asyncio.gather(arbiter(variables, "stats", "--json"), arbiter(variables, "stats"))
+
+    depths = {depth["task_type"]: depth for depth in json.loads(succeeded(as_json))}
+    assert set(depths) == {"stat-a", "stat-b"}
+    assert (depths["stat-a"]["pending"], depths["stat-a"]["cancelled"], depths["stat-a"]["completed"]) == (2, 1, 0)
+    assert depths["stat-b"]["pending"] == 1
+    assert depths["stat-a"]["oldest_pending_age_seconds"] >= 0
+    assert table_row(succeeded(table), "stat-a")[:7] == ["stat-a", "2", "0", "0", "0", "0", "1"]
+
+
+async def test_agents_list_and_show_describe_a_serving_agent(stack: Stack, database_url: str) -> None:
+    variables = stack_environment(stack, database_url)
+    async with serving_agent(stack, {"echo": succeed}):
+        listed, busy_only, shown = await asyncio.gather(
+            arbiter(variables, "agents", "list", "--task-type", "echo", "--json"),
+            arbiter(variables, "agents", "list", "--status", "busy"),
+            arbiter(variables, "agents", "show", "cli-test-agent"),
+        )
+    [agent] = json.loads(succeeded(listed))
+    assert (agent["id"], agent["status"], agent["task_types"]) == ("cli-test-agent", "online", ["echo"])
+    assert succeeded(busy_only) == ""
+    assert busy_only.stderr.strip() == "no agents match"
+    assert table_row(succeeded(shown), "status") == ["status", "online"]
+
+    unknown = await arbiter(variables, "agents", "show", "no-such-agent")
+    assert_one_line_error(unknown, 1, "arbiter: NOT_FOUND: ")
+
+
+# Keys, on the database directly.
+
+
 async def test_keys_create_prints_a_working_key_once_and_stores_only_its_hash(database_url: str) -> None:
-    created = arbiter(database_url, "keys", "create", "--role", "viewer", "--description", "dashboards")
-    assert created.returncode == 0, created.stderr
-    secret = created.stdout.strip()
+    created = await arbiter(
+        environment(ARBITER_DATABASE_URL=database_url), "keys", "create", "--role", "viewer", "--description", "boards"
+    )
+    secret = succeeded(created).strip()
     assert secret.startswith("arb_")
+    assert "shown only this once" in created.stderr
     pool = await open_pool(database_url, 1, 1, name="test")
     try:
         assert await find_role(pool, hash_secret(secret)) == Role.VIEWER
         async with pool.connection() as connection:
-            cursor = await connection.execute("SELECT * FROM api_keys WHERE description = 'dashboards'")
+            cursor = await connection.execute("SELECT * FROM api_keys WHERE description = 'boards'")
             row = await cursor.fetchone()
         assert row is not None
         assert secret not in {str(value) for value in row.values()}
@@ -38,19 +330,116 @@ async def test_keys_create_prints_a_working_key_once_and_stores_only_its_hash(da
         await pool.close()
 
 
-def test_keys_create_refuses_an_unknown_role(database_url: str) -> None:
-    refused = arbiter(database_url, "keys", "create", "--role", "root")
+async def test_keys_create_refuses_an_unknown_role(database_url: str) -> None:
+    refused = await arbiter(environment(ARBITER_DATABASE_URL=database_url), "keys", "create", "--role", "root")
     assert refused.returncode == 2
     assert "invalid choice: 'root'" in refused.stderr
 
 
-def test_migrate_on_an_up_to_date_database_says_so(database_url: str) -> None:
-    migrated = arbiter(database_url, "migrate")
-    assert migrated.returncode == 0, migrated.stderr
-    assert "up to date" in migrated.stdout
+async def test_keys_list_shows_prefixes_and_roles_but_never_a_secret(database_url: str) -> None:
+    keys = await create_keys(database_url)
+    variables = environment(ARBITER_DATABASE_URL=database_url)
+    as_json, table = await asyncio.gather(
+        arbiter(variables, "keys", "list", "--json"), arbiter(variables, "keys", "list")
+    )
+    listed = json.loads(succeeded(as_json))
+    assert sorted(key["role"] for key in listed) == sorted(role.value for role in Role)
+    assert {key["key_prefix"] for key in listed} == {secret[:12] for secret in keys.values()}
+    assert set(listed[0]) == {"id", "key_prefix", "role", "description", "created_at", "revoked_at"}
+    for key in listed:
+        assert table_row(succeeded(table), key["id"])[1:3] == [key["key_prefix"], key["role"]]
+    for secret in keys.values():
+        assert secret not in as_json.stdout and secret not in table.stdout
+        assert hash_secret(secret).hex() not in as_json.stdout
 
 
-def test_an_unreachable_database_is_reported_plainly() -> None:
-    failed = arbiter("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2", "migrate")
-    assert failed.returncode == 1
-    assert "cannot reach PostgreSQL" in failed.stderr
+async def test_keys_revoke_of_an_unknown_key_says_so_and_exits_1(database_url: str) -> None:
+    refused = await arbiter(environment(ARBITER_DATABASE_URL=database_url), "keys", "revoke", "arb_NoSuchKey")
+    assert_one_line_error(refused, 1, "arbiter: no API key has the id or prefix 'arb_NoSuchKey'")
+
+
+async def test_keys_revoke_makes_the_key_stop_working(database_url: str) -> None:
+    async with running_stack(database_url, auth_cache_seconds=0.2) as stack:
+        viewer = stack.keys[Role.VIEWER]
+        as_viewer = stack_environment(stack, database_url, key=viewer)
+        succeeded(await arbiter(as_viewer, "stats"))
+
+        revoked = await arbiter(environment(ARBITER_DATABASE_URL=database_url), "keys", "revoke", viewer[:12])
+        assert "takes effect within 5 s" in succeeded(revoked)
+        deadline = asyncio.get_running_loop().time() + 20
+        while (refused := await arbiter(as_viewer, "stats")).returncode == 0:
+            assert asyncio.get_running_loop().time() < deadline, "the revoked key still works"
+        assert_one_line_error(refused, 1, "arbiter: UNAUTHENTICATED: ")
+
+        again = await arbiter(environment(ARBITER_DATABASE_URL=database_url), "keys", "revoke", viewer[:12], "--json")
+        assert json.loads(succeeded(again))["revoked_now"] is False
+
+
+async def test_migrate_on_an_up_to_date_database_says_so(database_url: str) -> None:
+    migrated = await arbiter(environment(ARBITER_DATABASE_URL=database_url), "migrate")
+    assert "up to date" in succeeded(migrated)
+
+
+async def test_an_unreachable_database_is_reported_plainly() -> None:
+    failed = await arbiter(environment(ARBITER_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none"), "migrate")
+    assert_one_line_error(failed, 1, "arbiter: cannot reach PostgreSQL")
+
+
+# The demo.
+
+
+async def test_demo_runs_a_batch_through_its_agents_and_summarizes_it_as_json(stack: Stack, database_url: str) -> None:
+    demo = await arbiter(
+        stack_environment(stack, database_url, key=stack.keys[Role.SUBMITTER]),
+        *("demo", "--tasks", "30", "--agents", "2", "--agent-key", stack.keys[Role.AGENT], "--json"),
+    )
+    summary = json.loads(succeeded(demo))
+    assert (summary["tasks"], summary["completed"], summary["failed"]) == (30, 30, 0)
+    assert summary["throughput_per_second"] > 0
+    assert 0 < summary["latency_p50_ms"] <= summary["latency_p95_ms"] <= summary["latency_p99_ms"]
+    async with submitter(stack) as client:
+        agents = await client.list_agents(task_type="demo")
+        completed = await client.list_tasks(state=TaskState.COMPLETED, task_type="demo", limit=100)
+    assert sorted(agent.id for agent in agents) == ["demo-agent-1", "demo-agent-2"]
+    assert len(completed) == 30
+
+
+async def test_demo_prints_a_summary_table(stack: Stack, database_url: str) -> None:
+    demo = await arbiter(stack_environment(stack, database_url), "demo", "--tasks", "30", "--agents", "2")
+    output = succeeded(demo)
+    assert output.splitlines()[0].split()[:3] == ["TASKS", "COMPLETED", "FAILED"]
+    assert table_row(output, "30")[:3] == ["30", "30", "0"]
+    assert "tasks/s" in output
+
+
+# arbiter run.
+
+
+@pytest.mark.e2e
+@pytest.mark.xdist_group("e2e")
+def test_arbiter_run_serves_until_interrupted_then_exits_0(database_url: str, tmp_path: Path) -> None:
+    registry, orchestrator = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    log = tmp_path / "arbiter-run.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [*COMMAND, "run"],
+            cwd=REPO_ROOT,
+            env=environment(
+                ARBITER_DATABASE_URL=database_url,
+                ARBITER_STATE_DIR=str(tmp_path / "state"),
+                ARBITER_REGISTRY_ADDR=registry,
+                ARBITER_ORCHESTRATOR_ADDR=orchestrator,
+            ),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until_serving(registry, process)
+        wait_until_serving(orchestrator, process)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert (tmp_path / "state" / "dev-keys.env").exists()

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,23 +25,11 @@ from arbiter.v1 import (
 )
 from shared.api_keys import Role
 from shared.devstack import wait_until_serving
+from tests.support.grpcurl import GRPCURL, grpcurl, wait_for
 from tests.support.processes import REPO_ROOT, ServiceProcesses, free_port
-from tests.support.stack import create_keys, metadata
+from tests.support.stack import metadata
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]
-
-GRPCURL = str(Path(sys.executable).parent / "grpcurl")
-
-
-@pytest.fixture
-async def services(database_url: str, tmp_path: Path) -> Iterator[ServiceProcesses]:
-    processes = ServiceProcesses(database_url, await create_keys(database_url), tmp_path)
-    processes.start()
-    try:
-        yield processes
-    finally:
-        codes = processes.stop()
-        assert codes == {"orchestrator": 0, "registry": 0}, processes.logs()
 
 
 async def test_readme_walkthrough_with_generated_stubs(services: ServiceProcesses) -> None:
@@ -113,26 +100,6 @@ async def test_readme_walkthrough_with_generated_stubs(services: ServiceProcesse
         assert final.task.state == task_pb2.TASK_STATE_COMPLETED
         assert dict(final.task.result) == {"verdict": "approve"}
         assert final.task.progress == 1.0
-
-
-def grpcurl(key: str | None, address: str, method: str, body: dict[str, object] | None = None) -> dict[str, object]:
-    command = [GRPCURL, "-plaintext"]
-    if key:
-        command += ["-H", f"authorization: Bearer {key}"]
-    if body is not None:
-        command += ["-d", json.dumps(body)]
-    completed = subprocess.run([*command, address, method], capture_output=True, text=True, timeout=30)
-    assert completed.returncode == 0, completed.stderr
-    return json.loads(completed.stdout) if completed.stdout.strip() else {}
-
-
-def wait_for(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 class MakeRun:

@@ -156,7 +156,7 @@ def validate_submission(
         )
     return NewTask(
         task_type=task_type,
-        payload=payload,
+        payload=validation.storable_json("payload", payload),
         priority=priority,
         requirements=TaskRequirements(
             languages=validation.names("requirements.languages", requirements.languages),

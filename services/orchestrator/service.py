@@ -145,7 +145,7 @@ class Orchestrator:
 
     async def complete(self, task_id: str, agent_id: str, attempt: int, result: dict[str, Any]) -> TaskRecord:
         report = validate_report(task_id, agent_id, attempt)
-        record = await self._store.complete(report, result)
+        record = await self._store.complete(report, validation.storable_json("result", result))
         if record is None:
             raise await self._explain_stale(report)
         self.sessions.wake(report.agent_id)

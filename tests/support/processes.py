@@ -51,30 +51,38 @@ class ServiceProcesses:
         }
 
     def start(self) -> None:
-        for name, module, address in (
-            ("registry", "services.registry", self.registry_address),
-            ("orchestrator", "services.orchestrator", self.orchestrator_address),
-        ):
-            log = (self.log_dir / f"{name}.log").open("ab")
+        for name in ("registry", "orchestrator"):
+            self.start_service(name)
+
+    def start_service(self, name: str) -> None:
+        """Starts one service ("registry" or "orchestrator") on its port; returns once it is SERVING."""
+        module, address = {
+            "registry": ("services.registry", self.registry_address),
+            "orchestrator": ("services.orchestrator", self.orchestrator_address),
+        }[name]
+        with (self.log_dir / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", module], cwd=REPO_ROOT, env=self.environment(), stdout=log, stderr=log
             )
-            self.processes[name] = process
-            wait_until_serving(address, process)
+        self.processes[name] = process
+        wait_until_serving(address, process)
 
     def stop(self, kill: bool = False) -> dict[str, int]:
-        """Stops both (SIGTERM, or SIGKILL with kill=True); returns their exit codes."""
-        codes = {}
-        for name, process in reversed(self.processes.items()):
-            if process.poll() is None:
-                process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                codes[name] = process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                codes[name] = process.wait()
-        self.processes.clear()
-        return codes
+        """Stops both (SIGTERM, or SIGKILL with kill=True), the orchestrator first; returns their exit codes."""
+        return {
+            name: self.stop_service(name, kill=kill) for name in ("orchestrator", "registry") if name in self.processes
+        }
+
+    def stop_service(self, name: str, kill: bool = False) -> int:
+        """Stops one service (SIGTERM, or SIGKILL with kill=True); returns its exit code."""
+        process = self.processes.pop(name)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            return process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
 
     def logs(self) -> str:
         return "\n".join(

@@ -1,0 +1,111 @@
+"""The options every command that calls the services shares, and where their defaults come from."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from arbiter.client import Client
+from arbiter.settings import dial_address
+from shared.config import Config
+
+# A string: argparse does not subscript at run time.
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+ServiceCommand = Callable[[argparse.Namespace, "Connection"], Coroutine[Any, Any, int]]
+
+DEFAULT_CALL_TIMEOUT_SECONDS = 10.0
+NO_KEY_MESSAGE = "no API key: pass --key or set ARBITER_API_KEY (make run writes one to .arbiter/dev-keys.env)"
+
+
+class UsageError(Exception):
+    """The command line or the environment asks for something impossible: one line, exit 2."""
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the services are, the key to show them, and how long one call may take."""
+
+    orchestrator: str
+    registry: str
+    key: str
+    call_timeout: float
+
+    def client(self) -> Client:
+        return Client(self.orchestrator, self.key, registry_address=self.registry, timeout=self.call_timeout)
+
+
+def positive_int(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1; got {text}")
+    return number
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds; got {text!r}") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0; got {text}")
+    return number
+
+
+def output_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    return options
+
+
+def service_options(*, timeout_flags: tuple[str, ...] = ("--timeout", "--call-timeout")) -> argparse.ArgumentParser:
+    """--orchestrator, --registry, --key, --json and the call deadline. Commands whose own --timeout
+    means something else (tasks submit, tasks watch) take the deadline as --call-timeout only."""
+    options = argparse.ArgumentParser(add_help=False, parents=[output_options()])
+    group = options.add_argument_group("connection")
+    group.add_argument(
+        "--orchestrator",
+        metavar="HOST:PORT",
+        help="the orchestrator (default: ARBITER_ORCHESTRATOR_ADDR, else 127.0.0.1:50052)",
+    )
+    group.add_argument(
+        "--registry",
+        metavar="HOST:PORT",
+        help="the registry (default: ARBITER_REGISTRY_TARGET or ARBITER_REGISTRY_ADDR, else 127.0.0.1:50051)",
+    )
+    group.add_argument("--key", metavar="KEY", help="the API key to send (default: ARBITER_API_KEY)")
+    group.add_argument(
+        *timeout_flags,
+        dest="call_timeout",
+        metavar="SECONDS",
+        type=positive_seconds,
+        default=DEFAULT_CALL_TIMEOUT_SECONDS,
+        help=f"deadline of each call (default: {DEFAULT_CALL_TIMEOUT_SECONDS:g})",
+    )
+    return options
+
+
+def connection_for(arguments: argparse.Namespace) -> Connection:
+    """The command line's choices, else the ARBITER_* variables, else the defaults."""
+    config = Config.from_env()
+    key = arguments.key or config.api_key
+    if not key:
+        raise UsageError(NO_KEY_MESSAGE)
+    return Connection(
+        orchestrator=arguments.orchestrator or dial_address(config.orchestrator_addr),
+        registry=arguments.registry or dial_address(config.registry_dial_target),
+        key=key,
+        call_timeout=arguments.call_timeout,
+    )
+
+
+def calls_services(command: ServiceCommand) -> Callable[[argparse.Namespace], int]:
+    """Runs an async command with the connection its options describe."""
+
+    def run(arguments: argparse.Namespace) -> int:
+        connection = connection_for(arguments)
+        return asyncio.run(command(arguments, connection))
+
+    return run

@@ -1,0 +1,38 @@
+"""Where the SDK connects and with which key when the caller does not say: the same ARBITER_*
+variables the services and the `arbiter` command read, so one `source .arbiter/dev-keys.env` serves all."""
+
+from __future__ import annotations
+
+import os
+
+DEFAULT_REGISTRY = "127.0.0.1:50051"
+DEFAULT_ORCHESTRATOR = "127.0.0.1:50052"
+
+
+def dial_address(listen_address: str) -> str:
+    """Where to connect to a server listening on `listen_address` (wildcards mean this machine)."""
+    host, _, port = listen_address.rpartition(":")
+    if host in ("0.0.0.0", "[::]", ""):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+def orchestrator_address() -> str:
+    """ARBITER_ORCHESTRATOR_ADDR, else the default."""
+    return dial_address(os.environ.get("ARBITER_ORCHESTRATOR_ADDR") or DEFAULT_ORCHESTRATOR)
+
+
+def registry_address() -> str:
+    """ARBITER_REGISTRY_TARGET, else ARBITER_REGISTRY_ADDR, else the default."""
+    configured = os.environ.get("ARBITER_REGISTRY_TARGET") or os.environ.get("ARBITER_REGISTRY_ADDR")
+    return dial_address(configured or DEFAULT_REGISTRY)
+
+
+def api_key(given: str | None) -> str:
+    """The key passed in, else ARBITER_API_KEY; a clear error when neither is there."""
+    key = given or os.environ.get("ARBITER_API_KEY", "")
+    if not key:
+        raise ValueError(
+            "no API key: pass api_key=… or set ARBITER_API_KEY (make run writes one to .arbiter/dev-keys.env)"
+        )
+    return key
