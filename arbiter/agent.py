@@ -344,6 +344,8 @@ class Agent:
             opb.StreamAssignmentsRequest(agent_id=self.id), metadata=self._metadata
         )
         try:
+            await call.initial_metadata()
+            logger.info("assignment stream open at %s", self.orchestrator_address)
             async for message in call:
                 kind = message.WhichOneof("kind")
                 if kind == "assignment":

@@ -109,8 +109,11 @@ Arbiter is running.
   orchestrator  {orchestrator}
   API keys      {keys_path}  (one per role)
 
-Try it (grpcurl is in .venv/bin):
-  source {keys_path}
+Try it, in another terminal:
+  source {keys_path}                     # ARBITER_API_KEY and one key per role
+  .venv/bin/arbiter demo                         # agents, a batch of tasks, a summary
+  .venv/bin/python examples/review_agent.py      # a 20-line agent; then examples/submit_reviews.py
+  .venv/bin/arbiter tasks list
   .venv/bin/grpcurl -plaintext {orchestrator} list
   .venv/bin/grpcurl -plaintext -H "authorization: Bearer $ARBITER_SUBMITTER_KEY" \\
       -d '{{"taskType": "echo", "payload": {{"text": "hello"}}}}' \\

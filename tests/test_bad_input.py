@@ -347,7 +347,7 @@ async def test_failure_without_a_retry_left_fails_the_task(api: Api, max_attempt
     assert (stored.state, stored.attempt, stored.assigned_agent_id, stored.error) == (
         task_pb2.TASK_STATE_FAILED,
         assigned.attempt,
-        "",
+        AGENT_ID,  # a failed task shows who failed it
         "boom",
     )
 

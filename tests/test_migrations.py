@@ -26,3 +26,27 @@ async def test_an_applied_migration_edited_afterwards_is_refused(database_url: s
         await connection.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")
     with pytest.raises(MigrationError, match="changed after it was applied"):
         await migrate(database_url)
+
+
+@pytest.mark.parametrize(
+    ("state", "agent", "allowed"),
+    [
+        ("pending", None, True),
+        ("pending", "agent-1", False),
+        ("assigned", None, False),
+        ("running", None, False),
+        ("running", "agent-1", True),
+        ("completed", "agent-1", True),
+        ("failed", None, True),
+    ],
+)
+def test_the_schema_ties_a_tasks_agent_to_its_state(
+    database_url: str, state: str, agent: str | None, allowed: bool
+) -> None:
+    insert = "INSERT INTO tasks (task_type, state, max_attempts, assigned_agent_id) VALUES ('echo', %s, 1, %s)"
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        if allowed:
+            connection.execute(insert, (state, agent))
+        else:
+            with pytest.raises(psycopg.errors.CheckViolation):
+                connection.execute(insert, (state, agent))

@@ -53,6 +53,7 @@ async def test_the_returned_dict_is_the_result_and_none_means_an_empty_one(stack
     done = await outcome(stack, nested, {"question": 42})
     assert done.state == TaskState.COMPLETED
     assert done.result == {"echo": {"question": 42}, "attempt": 1, "list": [1, "two", None]}
+    assert done.assigned_agent_id == "outcome-agent"  # who did the work stays on the task
 
     async def nothing(task: Task) -> None:
         return None

@@ -77,6 +77,8 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     async def StreamAssignments(
         self, request: pb.StreamAssignmentsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamAssignmentsResponse]:
+        # Headers at once, so an agent knows its stream is open before the first assignment.
+        await context.send_initial_metadata(())
         async for message in self._orchestrator.assignments(request.agent_id):
             yield stream_message_to_pb(message)
 

@@ -188,7 +188,7 @@ class TaskStore:
                     FOR UPDATE
                 )
                 UPDATE tasks t
-                SET state = 'cancelled', error = %(reason)s, assigned_agent_id = NULL,
+                SET state = 'cancelled', error = %(reason)s,
                     lease_expires_at = NULL, updated_at = now()
                 FROM previous
                 WHERE t.id = previous.id
@@ -290,7 +290,7 @@ class TaskStore:
             cursor = await connection.execute(
                 f"""
                 UPDATE tasks
-                SET state = 'completed', result = %(result)s, progress = 1, assigned_agent_id = NULL,
+                SET state = 'completed', result = %(result)s, progress = 1,
                     lease_expires_at = NULL, updated_at = now()
                 WHERE id = %(id)s AND attempt = %(attempt)s AND assigned_agent_id = %(agent_id)s
                   AND state IN {_IN_FLIGHT}
@@ -321,7 +321,9 @@ class TaskStore:
             cursor = await connection.execute(
                 f"""
                 UPDATE tasks
-                SET state = %(state)s, error = %(error)s, assigned_agent_id = NULL, lease_expires_at = NULL,
+                SET state = %(state)s, error = %(error)s, lease_expires_at = NULL,
+                    -- A retried task is nobody's until claimed again; a failed one shows who failed it.
+                    assigned_agent_id = CASE WHEN %(state)s = 'pending' THEN NULL ELSE assigned_agent_id END,
                     attempt = attempt + %(attempt_increment)s, updated_at = now()
                 WHERE id = %(id)s
                 RETURNING {_TASK_COLUMNS}
