@@ -6,7 +6,7 @@ The generated protobuf code lives in `arbiter.v1`, for callers who want the raw 
 from arbiter.agent import Agent, Task
 from arbiter.client import Client
 from arbiter.errors import ArbiterError, PermanentError, WaitTimeout
-from arbiter.models import AgentInfo, AgentStatus, TaskCount, TaskInfo, TaskSpec, TaskState
+from arbiter.models import AgentInfo, AgentStatus, TaskCount, TaskEvent, TaskInfo, TaskSpec, TaskState
 
 __all__ = [
     "Agent",
@@ -17,6 +17,7 @@ __all__ = [
     "PermanentError",
     "Task",
     "TaskCount",
+    "TaskEvent",
     "TaskInfo",
     "TaskSpec",
     "TaskState",

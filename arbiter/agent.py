@@ -231,10 +231,11 @@ class Agent:
             draining.cancel()
             if receiving.done():
                 receiving.result()  # a fatal error: raise it
+            # DRAINING first, so the orchestrator leaves this agent's tasks with it when the stream closes.
+            await self._heartbeat_once()
             receiving.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await receiving
-            await self._heartbeat_once()
             await self._wait_for_held_tasks()
             logger.info("agent %s drained; stopping", self.id)
         finally:
@@ -353,6 +354,10 @@ class Agent:
                 elif kind == "cancellation":
                     cancellation = message.cancellation
                     self._revoke(cancellation.task_id, cancellation.attempt, cancellation.reason)
+                elif kind == "draining":
+                    # Reconnect at once (to another instance, behind a load balancer); held tasks go on.
+                    logger.info("orchestrator is draining (%s); reconnecting", message.draining.reason)
+                    return
             reason = "the orchestrator closed the stream"
         except grpc.aio.AioRpcError as error:
             if error.code() in FATAL_CODES:

@@ -18,11 +18,12 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from arbiter import settings
-from arbiter._grpc import key_metadata, open_channel
+from arbiter._grpc import TRANSIENT_CODES, key_metadata, open_channel
 from arbiter.errors import ArbiterError, WaitTimeout
-from arbiter.models import AgentInfo, AgentStatus, TaskCount, TaskInfo, TaskSpec, TaskState
+from arbiter.models import AgentInfo, AgentStatus, TaskCount, TaskEvent, TaskInfo, TaskSpec, TaskState
 from arbiter.v1 import agent_pb2, task_pb2
 from arbiter.v1 import orchestrator_service_pb2 as opb
 from arbiter.v1 import orchestrator_service_pb2_grpc as opb_grpc
@@ -32,8 +33,9 @@ from arbiter.v1 import registry_service_pb2_grpc as rpb_grpc
 # What SubmitTasks takes in one call; submit_many splits longer lists into calls of this size.
 MAX_BATCH_SIZE = 1000
 DEFAULT_TIMEOUT_SECONDS = 10.0
-# Until WatchTask exists, wait() and watch() poll: quickly at first, then at most this often.
-MAX_POLL_SECONDS = 1.0
+# watch() reopens a broken stream with backoff for this long before giving up.
+WATCH_RECONNECT_SECONDS = 60.0
+MAX_RECONNECT_SECONDS = 5.0
 
 Response = TypeVar("Response")
 
@@ -101,8 +103,10 @@ class Client:
         languages: Iterable[str] = (),
         specializations: Iterable[str] = (),
         labels: dict[str, str] | None = None,
+        schedule_to_start_timeout: timedelta | float | None = None,
     ) -> TaskInfo:
-        """Submits one task. With an idempotency key, a repeat returns the first task (`created` False)."""
+        """Submits one task. With an idempotency key, a repeat returns the first task (`created` False).
+        `timeout` bounds one attempt; `schedule_to_start_timeout` fails the task if no agent starts it in time."""
         spec = TaskSpec(
             task_type=task_type,
             payload=payload or {},
@@ -113,6 +117,7 @@ class Client:
             languages=list(languages),
             specializations=list(specializations),
             labels=dict(labels or {}),
+            schedule_to_start_timeout=schedule_to_start_timeout,
         )
         response = await self._orchestrator_call(self._orchestrator.SubmitTask, spec.to_pb())
         return TaskInfo.from_pb(response.task, created=response.created)
@@ -164,18 +169,38 @@ class Client:
         return [TaskCount.from_pb(count) for count in response.counts]
 
     async def watch(self, task_id: str) -> AsyncGenerator[TaskInfo, None]:
-        """The task now, then each time it changes, until it is finished (the last one yielded)."""
-        task = await self.get(task_id)
-        yield task
-        delay = 0.05
-        while not task.state.is_terminal:
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, MAX_POLL_SECONDS)
-            current = await self.get(task_id)
-            if current.updated_at != task.updated_at or current.state != task.state:
-                task = current
-                yield task
-                delay = 0.05
+        """The task now, then after each change, until it is finished (the last one yielded). Changes in
+        quick succession may come as one. If the stream breaks (an orchestrator restarts), it is opened
+        again with backoff and picks up from the task's current state."""
+        last: TaskInfo | None = None
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(lambda error: isinstance(error, ArbiterError) and error.code in TRANSIENT_CODES),
+            wait=wait_exponential_jitter(multiplier=0.1, max=MAX_RECONNECT_SECONDS, jitter=0.25),
+            stop=stop_after_delay(WATCH_RECONNECT_SECONDS),
+            reraise=True,
+        ):
+            with attempt:
+                call = self._orchestrator.WatchTask(opb.WatchTaskRequest(task_id=task_id), metadata=self._metadata)
+                try:
+                    async for response in call:
+                        task = TaskInfo.from_pb(response.task)
+                        if task != last:
+                            last = task
+                            yield task
+                except grpc.aio.AioRpcError as error:
+                    raise ArbiterError.from_rpc_error(error, self._address) from None
+                finally:
+                    call.cancel()
+                if last is not None and last.state.is_terminal:
+                    return
+                raise ArbiterError(grpc.StatusCode.UNAVAILABLE, "the watch stream ended before the task finished")
+
+    async def history(self, task_id: str) -> list[TaskEvent]:
+        """Every state change of the task, oldest first, with the reason (why it was retried or failed)."""
+        response = await self._orchestrator_call(
+            self._orchestrator.GetTaskHistory, opb.GetTaskHistoryRequest(task_id=task_id)
+        )
+        return [TaskEvent.from_pb(event) for event in response.events]
 
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskInfo:
         """The task once it is COMPLETED, FAILED or CANCELLED; `WaitTimeout` after `timeout` seconds."""

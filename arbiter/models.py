@@ -73,6 +73,9 @@ class TaskInfo:
     created_at: datetime | None
     updated_at: datetime | None
     lease_expires_at: datetime | None
+    # A retried task waits for its backoff until then.
+    not_before: datetime | None = None
+    schedule_to_start_timeout: timedelta | None = None
     languages: list[str] = field(default_factory=list)
     specializations: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
@@ -99,6 +102,10 @@ class TaskInfo:
             created_at=optional_time(task.created_at, task.HasField("created_at")),
             updated_at=optional_time(task.updated_at, task.HasField("updated_at")),
             lease_expires_at=optional_time(task.lease_expires_at, task.HasField("lease_expires_at")),
+            not_before=optional_time(task.not_before, task.HasField("not_before")),
+            schedule_to_start_timeout=(
+                task.schedule_to_start_timeout.ToTimedelta() if task.HasField("schedule_to_start_timeout") else None
+            ),
             languages=list(task.requirements.languages),
             specializations=list(task.requirements.specializations),
             labels=dict(task.requirements.labels),
@@ -117,6 +124,8 @@ class TaskSpec:
     # Bound on one attempt; None means none.
     timeout: timedelta | float | None = None
     idempotency_key: str = ""
+    # Fail the task if no agent starts it this long after it became PENDING; None means wait forever.
+    schedule_to_start_timeout: timedelta | float | None = None
     languages: list[str] = field(default_factory=list)
     specializations: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
@@ -136,9 +145,14 @@ class TaskSpec:
         except (TypeError, ValueError) as error:
             raise ValueError(f"payload of a '{self.task_type}' task is not JSON-like: {error}") from None
         if self.timeout is not None:
-            timeout = self.timeout if isinstance(self.timeout, timedelta) else timedelta(seconds=self.timeout)
-            request.timeout.FromTimedelta(timeout)
+            request.timeout.FromTimedelta(_timedelta(self.timeout))
+        if self.schedule_to_start_timeout is not None:
+            request.schedule_to_start_timeout.FromTimedelta(_timedelta(self.schedule_to_start_timeout))
         return request
+
+
+def _timedelta(value: timedelta | float) -> timedelta:
+    return value if isinstance(value, timedelta) else timedelta(seconds=value)
 
 
 @dataclass(frozen=True)
@@ -199,4 +213,27 @@ class TaskCount:
             state=TaskState(count.state),
             count=count.count,
             oldest_created_at=optional_time(count.oldest_created_at, count.HasField("oldest_created_at")),
+        )
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """One state change of a task: `from_state` is None for the submission itself."""
+
+    time: datetime | None
+    from_state: TaskState | None
+    to_state: TaskState
+    attempt: int
+    agent_id: str
+    reason: str
+
+    @classmethod
+    def from_pb(cls, event: orchestrator_service_pb2.TaskEvent) -> TaskEvent:
+        return cls(
+            time=optional_time(event.time, event.HasField("time")),
+            from_state=TaskState(event.from_state) if event.from_state else None,
+            to_state=TaskState(event.to_state),
+            attempt=event.attempt,
+            agent_id=event.agent_id,
+            reason=event.reason,
         )

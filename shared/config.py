@@ -128,6 +128,22 @@ SETTINGS: tuple[Setting, ...] = (
         "Safety poll for work when no wake-up came (wake-ups are immediate within one orchestrator).",
     ),
     Setting(
+        "ARBITER_SWEEP_SECONDS",
+        "sweep_seconds",
+        "1",
+        _positive_float,
+        "How often each orchestrator takes back expired leases and timed-out attempts, fails tasks not "
+        "started in time, releases OFFLINE agents' tasks and wakes agents when backoffs end.",
+    ),
+    Setting(
+        "ARBITER_TASK_RETENTION_DAYS",
+        "task_retention_days",
+        "7",
+        _positive_float,
+        "Finished (COMPLETED, FAILED, CANCELLED) tasks and their history are deleted this long after "
+        "they finished, in batches.",
+    ),
+    Setting(
         "ARBITER_AUTH_CACHE_SECONDS",
         "auth_cache_seconds",
         "5",
@@ -174,6 +190,8 @@ class Config:
     lease_seconds: float
     max_payload_bytes: int
     assignment_poll_seconds: float
+    sweep_seconds: float
+    task_retention_days: float
     auth_cache_seconds: float
     shutdown_grace_seconds: float
     api_key: str | None

@@ -73,7 +73,8 @@ def _database_error(error: psycopg.Error) -> ArbiterError:
         isinstance(error, psycopg.DataError) and "NUL (0x00)" in str(error)
     ):
         return InvalidArgument("request", "a text field contains a NUL character (\\u0000), which cannot be stored")
-    if isinstance(error, psycopg.OperationalError):
+    # InterfaceError: a pooled connection the server closed (e.g. it restarted) was used.
+    if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
         logger.warning("database unavailable: %s", error)
         return Unavailable("the database is unavailable; retry shortly")
     logger.exception("database error", exc_info=error)

@@ -23,6 +23,8 @@ ORCHESTRATOR_ROLES: dict[str, frozenset[Role]] = {
     "SubmitTask": frozenset({ADMIN, SERVICE, SUBMITTER}),
     "SubmitTasks": frozenset({ADMIN, SERVICE, SUBMITTER}),
     "GetTask": frozenset({ADMIN, SERVICE, SUBMITTER, AGENT, VIEWER}),
+    "WatchTask": frozenset({ADMIN, SERVICE, SUBMITTER, AGENT, VIEWER}),
+    "GetTaskHistory": frozenset({ADMIN, SERVICE, SUBMITTER, AGENT, VIEWER}),
     "ListTasks": frozenset({ADMIN, SERVICE, SUBMITTER, VIEWER}),
     "CancelTask": frozenset({ADMIN, SERVICE, SUBMITTER}),
     "GetQueueStats": frozenset({ADMIN, SERVICE, SUBMITTER, VIEWER}),

@@ -44,11 +44,15 @@ class RunningServer:
     health: health.aio.HealthServicer
     health_task: asyncio.Task[None]
 
-    async def stop(self, grace: float) -> None:
+    async def stop_serving_health(self) -> None:
+        """NOT_SERVING from now on (load balancers stop sending new work), while calls still run."""
         self.health_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.health_task
         await self.health.enter_graceful_shutdown()
+
+    async def stop(self, grace: float) -> None:
+        await self.stop_serving_health()
         await self.server.stop(grace)
 
 

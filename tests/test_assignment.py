@@ -34,7 +34,7 @@ async def test_a_submitted_task_reaches_an_idle_agent_without_waiting_for_the_po
             orchestrator_service_pb2.StreamAssignmentsRequest(agent_id="idle-1"), metadata=stack.as_role(Role.AGENT)
         )
         async with asyncio.timeout(5):
-            while len(stack.orchestrator_app.sessions) == 0:
+            while len(stack.orchestrator_app.orchestrator.sessions) == 0:
                 await asyncio.sleep(0.01)
         submitted = await orchestrator.SubmitTask(
             orchestrator_service_pb2.SubmitTaskRequest(task_type="echo"), metadata=stack.as_role(Role.SUBMITTER)
@@ -121,7 +121,7 @@ async def test_a_newer_stream_for_the_same_agent_replaces_the_older_one(stack: S
     request = orchestrator_service_pb2.StreamAssignmentsRequest(agent_id="twice-1")
     older = orchestrator.StreamAssignments(request, metadata=stack.as_role(Role.AGENT))
     async with asyncio.timeout(5):
-        while len(stack.orchestrator_app.sessions) == 0:
+        while len(stack.orchestrator_app.orchestrator.sessions) == 0:
             await asyncio.sleep(0.01)
     newer = orchestrator.StreamAssignments(request, metadata=stack.as_role(Role.AGENT))
     with pytest.raises(grpc.aio.AioRpcError) as raised:

@@ -211,18 +211,18 @@ def test_make_run_serves_the_grpcurl_walkthrough_on_embedded_postgres_and_keeps_
         )["task"]
         task_id = task["id"]  # type: ignore[index]
         wait_for(lambda: task_id in stream_output.read_text(), 15, "the assignment on the grpcurl stream")
+        assignment = json.loads(stream_output.read_text())["assignment"]
+        assert assignment["attempt"] == 1
+        # Completed while the stream is open: a closed stream hands its agent's tasks to others.
+        grpcurl(
+            agent_key,
+            orchestrator,
+            "arbiter.v1.OrchestratorService/CompleteTask",
+            {"taskId": task_id, "agentId": "echo-1", "attempt": 1, "result": {"echo": "hello"}},
+        )
     finally:
         stream.terminate()
         stream.wait(timeout=10)
-    assignment = json.loads(stream_output.read_text())["assignment"]
-    assert assignment["attempt"] == 1
-
-    grpcurl(
-        agent_key,
-        orchestrator,
-        "arbiter.v1.OrchestratorService/CompleteTask",
-        {"taskId": task_id, "agentId": "echo-1", "attempt": 1, "result": {"echo": "hello"}},
-    )
     done = grpcurl(submitter_key, orchestrator, "arbiter.v1.OrchestratorService/GetTask", {"taskId": task_id})
     assert done["task"]["state"] == "TASK_STATE_COMPLETED"  # type: ignore[index]
 

@@ -70,6 +70,8 @@ PROBES: dict[str, Probe] = {
     "SubmitTasks": Probe(lambda: opb.SubmitTasksRequest(tasks=[opb.SubmitTaskRequest(task_type="echo")]), OK),
     "GetQueueStats": Probe(lambda: opb.GetQueueStatsRequest(), OK),
     "GetTask": Probe(lambda: opb.GetTaskRequest(task_id=UNKNOWN_TASK_ID), NOT_FOUND),
+    "WatchTask": Probe(lambda: opb.WatchTaskRequest(task_id=UNKNOWN_TASK_ID), NOT_FOUND),
+    "GetTaskHistory": Probe(lambda: opb.GetTaskHistoryRequest(task_id=UNKNOWN_TASK_ID), NOT_FOUND),
     "ListTasks": Probe(lambda: opb.ListTasksRequest(), OK),
     "CancelTask": Probe(lambda: opb.CancelTaskRequest(task_id=UNKNOWN_TASK_ID), NOT_FOUND),
     "StreamAssignments": Probe(lambda: opb.StreamAssignmentsRequest(agent_id=UNKNOWN_AGENT_ID), NOT_FOUND),

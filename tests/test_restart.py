@@ -122,21 +122,27 @@ def test_sigkill_restart_of_both_services_completes_every_task_exactly_once(data
     # deterministically by the next test, where the agent forgets everything.
 
 
-def test_agent_restarted_after_a_crash_is_sent_the_tasks_it_held_first(database_url: str, tmp_path: Path) -> None:
+def test_a_crashed_agents_tasks_are_released_at_once_and_done_by_the_restarted_agent(
+    database_url: str, tmp_path: Path
+) -> None:
     with fleet(database_url, tmp_path) as running:
         crashed = running.start_agent(AGENT_ID, CONCURRENCY, "60000:60000", files="first-life")
         ids = running.submit(list(range(9, 0, -1)), chunk=1)
         running.wait_for_events("assigned", CONCURRENCY)
-        crashed.kill()
-        held = {
-            row["id"]
-            for row in database_state(database_url)[0].values()
-            if row["state"] == "assigned" and row["attempt"] == 1
-        }
-        assert held == {event["task_id"] for event in crashed.events() if event["event"] == "assigned"}
+        held = {event["task_id"] for event in crashed.events() if event["event"] == "assigned"}
         assert len(held) == CONCURRENCY
+        crashed.kill()
 
-        # Same id, no memory of the held attempts: only re-delivery can get them done.
+        # Its stream closed: the attempts it held end at once (not at lease end), attempt bumped.
+        def released() -> bool:
+            rows = database_state(database_url)[0]
+            return all(rows[task_id]["state"] == "pending" and rows[task_id]["attempt"] == 2 for task_id in held)
+
+        deadline = time.monotonic() + 5
+        while not released():
+            assert time.monotonic() < deadline, "the crashed agent's tasks were not released within 5 s"
+            time.sleep(0.05)
+
         reborn = running.start_agent(AGENT_ID, CONCURRENCY, "10:30", files="second-life")
         running.wait_until_all_completed(len(ids))
         tasks, _ = database_state(database_url)
@@ -144,9 +150,12 @@ def test_agent_restarted_after_a_crash_is_sent_the_tasks_it_held_first(database_
         events = reborn.events()
 
     assigned = [event for event in events if event["event"] == "assigned"]
+    # Highest priority first: the released tasks come back first, as their second attempt.
     assert {event["task_id"] for event in assigned[:CONCURRENCY]} == held
     assert sorted(event["task_id"] for event in assigned) == sorted(ids)
-    assert {event["attempt"] for event in assigned} == {1}
+    assert {event["task_id"]: event["attempt"] for event in assigned} == {
+        task_id: 2 if task_id in held else 1 for task_id in ids
+    }
     assert max(event["in_flight"] for event in assigned) <= CONCURRENCY
     assert Counter(event["task_id"] for event in events if event["event"] == "completed") == Counter(ids)
     assert {row["state"] for row in tasks.values()} == {"completed"}

@@ -171,7 +171,7 @@ def test_a_handler_must_be_async_and_a_type_has_one_handler() -> None:
 async def test_a_held_task_of_a_type_the_agent_no_longer_handles_is_handed_back_for_another_agent(
     stack: Stack,
 ) -> None:
-    # An earlier run of "outcome-agent" took an 'old-type' task and died holding it.
+    # An earlier run of "outcome-agent" took an 'old-type' task and stopped holding it.
     registry, orchestrator = stack.registry(), stack.orchestrator()
     await registry.RegisterAgent(
         rpb.RegisterAgentRequest(
@@ -185,7 +185,13 @@ async def test_a_held_task_of_a_type_the_agent_no_longer_handles_is_handed_back_
     async with Client(stack.orchestrator_address, stack.keys[Role.SUBMITTER]) as client:
         held = await client.submit("old-type", max_attempts=3)
         assert (await earlier_run.read()).assignment.task.id == held.id
+        # It was draining when it went, so its stream's end left the task with it.
+        await registry.Heartbeat(
+            rpb.HeartbeatRequest(agent_id="outcome-agent", status=agent_pb2.AGENT_STATUS_DRAINING),
+            metadata=stack.as_role(Role.AGENT),
+        )
         earlier_run.cancel()
+        await asyncio.wait_for(stack.orchestrator_app.orchestrator.sessions.all_closed.wait(), 10)
 
         async def job(task: Task) -> dict[str, Any]:
             return {}

@@ -50,6 +50,16 @@ class OrchestratorServiceStub:
                 request_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.GetTaskRequest.SerializeToString,
                 response_deserializer=arbiter_dot_v1_dot_orchestrator__service__pb2.GetTaskResponse.FromString,
                 _registered_method=True)
+        self.WatchTask = channel.unary_stream(
+                '/arbiter.v1.OrchestratorService/WatchTask',
+                request_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.WatchTaskRequest.SerializeToString,
+                response_deserializer=arbiter_dot_v1_dot_orchestrator__service__pb2.WatchTaskResponse.FromString,
+                _registered_method=True)
+        self.GetTaskHistory = channel.unary_unary(
+                '/arbiter.v1.OrchestratorService/GetTaskHistory',
+                request_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.GetTaskHistoryRequest.SerializeToString,
+                response_deserializer=arbiter_dot_v1_dot_orchestrator__service__pb2.GetTaskHistoryResponse.FromString,
+                _registered_method=True)
         self.ListTasks = channel.unary_unary(
                 '/arbiter.v1.OrchestratorService/ListTasks',
                 request_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.ListTasksRequest.SerializeToString,
@@ -108,6 +118,21 @@ class OrchestratorServiceServicer:
 
     def GetTask(self, request, context):
         """Returns one task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchTask(self, request, context):
+        """Sends the task now, then again after every change (assigned, progress, retried, finished...),
+        ending after it reaches COMPLETED, FAILED or CANCELLED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTaskHistory(self, request, context):
+        """Every state change of the task, oldest first: when, from, to, attempt, agent and why.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -179,6 +204,16 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.GetTask,
                     request_deserializer=arbiter_dot_v1_dot_orchestrator__service__pb2.GetTaskRequest.FromString,
                     response_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.GetTaskResponse.SerializeToString,
+            ),
+            'WatchTask': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTask,
+                    request_deserializer=arbiter_dot_v1_dot_orchestrator__service__pb2.WatchTaskRequest.FromString,
+                    response_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.WatchTaskResponse.SerializeToString,
+            ),
+            'GetTaskHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTaskHistory,
+                    request_deserializer=arbiter_dot_v1_dot_orchestrator__service__pb2.GetTaskHistoryRequest.FromString,
+                    response_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.GetTaskHistoryResponse.SerializeToString,
             ),
             'ListTasks': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTasks,
@@ -298,6 +333,60 @@ class OrchestratorService:
             '/arbiter.v1.OrchestratorService/GetTask',
             arbiter_dot_v1_dot_orchestrator__service__pb2.GetTaskRequest.SerializeToString,
             arbiter_dot_v1_dot_orchestrator__service__pb2.GetTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/arbiter.v1.OrchestratorService/WatchTask',
+            arbiter_dot_v1_dot_orchestrator__service__pb2.WatchTaskRequest.SerializeToString,
+            arbiter_dot_v1_dot_orchestrator__service__pb2.WatchTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTaskHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/arbiter.v1.OrchestratorService/GetTaskHistory',
+            arbiter_dot_v1_dot_orchestrator__service__pb2.GetTaskHistoryRequest.SerializeToString,
+            arbiter_dot_v1_dot_orchestrator__service__pb2.GetTaskHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

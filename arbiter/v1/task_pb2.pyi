@@ -47,7 +47,7 @@ class TaskRequirements(_message.Message):
     def __init__(self, languages: _Optional[_Iterable[str]] = ..., specializations: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "task_type", "state", "payload", "result", "error", "priority", "requirements", "attempt", "max_attempts", "assigned_agent_id", "idempotency_key", "created_at", "updated_at", "timeout", "progress", "progress_message", "lease_expires_at")
+    __slots__ = ("id", "task_type", "state", "payload", "result", "error", "priority", "requirements", "attempt", "max_attempts", "assigned_agent_id", "idempotency_key", "created_at", "updated_at", "timeout", "progress", "progress_message", "lease_expires_at", "not_before", "schedule_to_start_timeout")
     ID_FIELD_NUMBER: _ClassVar[int]
     TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,8 @@ class Task(_message.Message):
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     LEASE_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_TO_START_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     id: str
     task_type: str
     state: TaskState
@@ -84,4 +86,6 @@ class Task(_message.Message):
     progress: float
     progress_message: str
     lease_expires_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., task_type: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error: _Optional[str] = ..., priority: _Optional[int] = ..., requirements: _Optional[_Union[TaskRequirements, _Mapping]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., assigned_agent_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    not_before: _timestamp_pb2.Timestamp
+    schedule_to_start_timeout: _duration_pb2.Duration
+    def __init__(self, id: _Optional[str] = ..., task_type: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error: _Optional[str] = ..., priority: _Optional[int] = ..., requirements: _Optional[_Union[TaskRequirements, _Mapping]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., assigned_agent_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., schedule_to_start_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import socket
+import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 import grpc
 
 from arbiter.v1 import orchestrator_service_pb2_grpc
+from services.orchestrator.notifications import TaskNotifications
 from services.orchestrator.registry_client import RegistryClient
 from services.orchestrator.service import Orchestrator
 from services.orchestrator.servicer import OrchestratorServicer
 from services.orchestrator.sessions import AgentSessions
 from services.orchestrator.storage import TaskStore
+from services.orchestrator.sweeper import Sweeper
 from shared.api_keys import KeyCache
 from shared.auth import ApiKeyInterceptor
 from shared.config import Config
@@ -24,17 +31,24 @@ from shared.server import RunningServer, start_server
 class OrchestratorApp:
     pool: Pool
     registry_channel: grpc.aio.Channel
-    sessions: AgentSessions
+    orchestrator: Orchestrator
+    notifications: TaskNotifications
     server: RunningServer
+    background: list[asyncio.Task[None]]
 
     @property
     def port(self) -> int:
         return self.server.port
 
     async def stop(self, grace: float) -> None:
-        # Open streams end first so their agents reconnect elsewhere instead of waiting out the grace.
-        self.sessions.close_all()
-        await self.server.stop(grace)
+        """Health NOT_SERVING first; streams are told to reconnect elsewhere and end; reports are still
+        accepted for up to `grace` seconds; then what is left is released and the server stops."""
+        await self.server.stop_serving_health()
+        await self.orchestrator.shutdown(grace)
+        await self.server.stop(min(grace, 1.0))
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
         await self.registry_channel.close()
         await self.pool.close()
 
@@ -46,15 +60,29 @@ async def create_orchestrator(config: Config) -> OrchestratorApp:
         config.require_database_url(), config.db_pool_min_size, config.db_pool_max_size, name="orchestrator"
     )
     registry_channel = grpc.aio.insecure_channel(config.registry_dial_target)
+    background: list[asyncio.Task[None]] = []
     try:
         sessions = AgentSessions()
+        store = TaskStore(pool, config.lease_seconds)
+        registry = RegistryClient(registry_channel, service_key, retry_seconds=config.registry_retry_seconds)
+        notifications = TaskNotifications(config.require_database_url(), sessions)
         orchestrator = Orchestrator(
-            TaskStore(pool, config.lease_seconds),
-            RegistryClient(registry_channel, service_key, retry_seconds=config.registry_retry_seconds),
+            store,
+            registry,
             sessions,
+            notifications,
             max_payload_bytes=config.max_payload_bytes,
             poll_seconds=config.assignment_poll_seconds,
+            instance_id=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
         )
+        sweeper = Sweeper(
+            store,
+            registry,
+            sessions,
+            interval_seconds=config.sweep_seconds,
+            retention=timedelta(days=config.task_retention_days),
+        )
+        background = [asyncio.create_task(notifications.run()), asyncio.create_task(sweeper.run())]
         interceptor = ApiKeyInterceptor(
             KeyCache(pool, config.auth_cache_seconds), method_permissions(ORCHESTRATOR_SERVICE, ORCHESTRATOR_ROLES)
         )
@@ -68,7 +96,9 @@ async def create_orchestrator(config: Config) -> OrchestratorApp:
             pool,
         )
     except BaseException:
+        for task in background:
+            task.cancel()
         await registry_channel.close()
         await pool.close()
         raise
-    return OrchestratorApp(pool, registry_channel, sessions, server)
+    return OrchestratorApp(pool, registry_channel, orchestrator, notifications, server, background)

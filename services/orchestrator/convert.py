@@ -15,7 +15,9 @@ from arbiter.v1 import orchestrator_service_pb2, task_pb2
 from services.orchestrator.domain import (
     AttemptCancellation,
     NewTask,
+    OrchestratorDraining,
     TaskCount,
+    TaskEvent,
     TaskRecord,
     TaskRequirements,
     TaskState,
@@ -63,12 +65,13 @@ def _timestamp(moment: datetime | None) -> Timestamp | None:
     return timestamp
 
 
-def _timeout_ms(request: orchestrator_service_pb2.SubmitTaskRequest) -> int | None:
-    if not request.HasField("timeout"):
+def _duration_ms(request: orchestrator_service_pb2.SubmitTaskRequest, field: str) -> int | None:
+    if not request.HasField(field):
         return None
-    if request.timeout.seconds < 0 or request.timeout.nanos < 0:
-        raise InvalidArgument("timeout", "must be positive and at most 7 days, or unset for none")
-    milliseconds: int = request.timeout.ToMilliseconds()
+    duration: Duration = getattr(request, field)
+    if duration.seconds < 0 or duration.nanos < 0:
+        raise InvalidArgument(field, "must be positive and at most 7 days, or unset for none")
+    milliseconds: int = duration.ToMilliseconds()
     return milliseconds or None
 
 
@@ -86,8 +89,9 @@ def submission_from_pb(request: orchestrator_service_pb2.SubmitTaskRequest, max_
             labels=dict(requirements.labels),
         ),
         max_attempts=request.max_attempts,
-        timeout_ms=_timeout_ms(request),
+        timeout_ms=_duration_ms(request, "timeout"),
         idempotency_key=request.idempotency_key,
+        schedule_to_start_timeout_ms=_duration_ms(request, "schedule_to_start_timeout"),
     )
 
 
@@ -113,11 +117,26 @@ def task_count_to_pb(count: TaskCount) -> orchestrator_service_pb2.TaskCount:
     )
 
 
+def _duration(milliseconds: int | None) -> Duration | None:
+    if milliseconds is None:
+        return None
+    duration = Duration()
+    duration.FromMilliseconds(milliseconds)
+    return duration
+
+
+def task_event_to_pb(event: TaskEvent) -> orchestrator_service_pb2.TaskEvent:
+    return orchestrator_service_pb2.TaskEvent(
+        time=_timestamp(event.at),
+        from_state=_STATE_TO_PB[event.from_state] if event.from_state else task_pb2.TASK_STATE_UNSPECIFIED,
+        to_state=_STATE_TO_PB[event.to_state],
+        attempt=event.attempt,
+        agent_id=event.agent_id or "",
+        reason=event.reason,
+    )
+
+
 def task_to_pb(task: TaskRecord) -> task_pb2.Task:
-    timeout = None
-    if task.timeout_ms is not None:
-        timeout = Duration()
-        timeout.FromMilliseconds(task.timeout_ms)
     return task_pb2.Task(
         id=task.id,
         task_type=task.task_type,
@@ -137,16 +156,22 @@ def task_to_pb(task: TaskRecord) -> task_pb2.Task:
         idempotency_key=task.idempotency_key or "",
         created_at=_timestamp(task.created_at),
         updated_at=_timestamp(task.updated_at),
-        timeout=timeout,
+        timeout=_duration(task.timeout_ms),
         progress=task.progress,
         progress_message=task.progress_message,
         lease_expires_at=_timestamp(task.lease_expires_at),
+        not_before=_timestamp(task.not_before),
+        schedule_to_start_timeout=_duration(task.schedule_to_start_timeout_ms),
     )
 
 
 def stream_message_to_pb(
-    message: TaskRecord | AttemptCancellation,
+    message: TaskRecord | AttemptCancellation | OrchestratorDraining,
 ) -> orchestrator_service_pb2.StreamAssignmentsResponse:
+    if isinstance(message, OrchestratorDraining):
+        return orchestrator_service_pb2.StreamAssignmentsResponse(
+            draining=orchestrator_service_pb2.Draining(reason=message.reason)
+        )
     if isinstance(message, AttemptCancellation):
         return orchestrator_service_pb2.StreamAssignmentsResponse(
             cancellation=orchestrator_service_pb2.Cancellation(

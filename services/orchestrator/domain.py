@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -53,6 +53,7 @@ class NewTask:
     max_attempts: int
     timeout_ms: int | None
     idempotency_key: str | None
+    schedule_to_start_timeout_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ class TaskRecord:
     lease_expires_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    not_before: datetime | None = None
+    schedule_to_start_timeout_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -86,11 +89,30 @@ class Submitted:
 
 
 @dataclass(frozen=True)
+class TaskEvent:
+    """One state change of a task; `from_state` is None for the submission."""
+
+    at: datetime
+    from_state: TaskState | None
+    to_state: TaskState
+    attempt: int
+    agent_id: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
 class AttemptCancellation:
     """Tells the agent holding an attempt to stop it."""
 
     task_id: str
     attempt: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class OrchestratorDraining:
+    """Tells an agent this orchestrator is shutting down: reconnect, keep working on what it holds."""
+
     reason: str
 
 
@@ -113,6 +135,10 @@ class AgentProfile:
     labels: dict[str, str]
     max_concurrent_tasks: int
     accepts_work: bool
+    # Finishing what it holds: its tasks stay with it when its stream closes.
+    draining: bool = False
+    # Heartbeating: not UNHEALTHY or OFFLINE.
+    alive: bool = True
 
 
 @dataclass(frozen=True)
@@ -135,6 +161,7 @@ def validate_submission(
     max_attempts: int,
     timeout_ms: int | None,
     idempotency_key: str,
+    schedule_to_start_timeout_ms: int | None = None,
 ) -> NewTask:
     """Checks a submission; 0 max_attempts means 3, no timeout means none."""
     validation.name("task_type", task_type, required=True)
@@ -150,6 +177,8 @@ def validate_submission(
         )
     if timeout_ms is not None and not 0 < timeout_ms <= MAX_TIMEOUT_MS:
         raise InvalidArgument("timeout", "must be positive and at most 7 days, or unset for none")
+    if schedule_to_start_timeout_ms is not None and not 0 < schedule_to_start_timeout_ms <= MAX_TIMEOUT_MS:
+        raise InvalidArgument("schedule_to_start_timeout", "must be positive and at most 7 days, or unset for none")
     if len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
         raise InvalidArgument(
             "idempotency_key", f"is {len(idempotency_key)} characters; at most {MAX_IDEMPOTENCY_KEY_LENGTH} are allowed"
@@ -166,6 +195,7 @@ def validate_submission(
         max_attempts=attempts,
         timeout_ms=timeout_ms,
         idempotency_key=idempotency_key or None,
+        schedule_to_start_timeout_ms=schedule_to_start_timeout_ms,
     )
 
 
@@ -203,6 +233,45 @@ def validate_failure(error: str) -> None:
 def state_after_failure(task: TaskRecord, retryable: bool) -> TaskState:
     """A retryable failure with attempts left goes back to PENDING; anything else is FAILED."""
     return TaskState.PENDING if retryable and task.attempt < task.max_attempts else TaskState.FAILED
+
+
+# Retry backoff: min(1 s·2^(n−1), 60 s)·random(0.5..1) after attempt n fails, so a failing task does not
+# spin and a fleet of retries does not arrive in step.
+BACKOFF_BASE_SECONDS = 1.0
+BACKOFF_CAP_SECONDS = 60.0
+
+
+def retry_backoff_seconds(failed_attempt: int, random_fraction: float) -> float:
+    """`random_fraction` in 0..1 picks the point in the 0.5..1 jitter band."""
+    ceiling = min(BACKOFF_BASE_SECONDS * 2.0 ** (failed_attempt - 1), BACKOFF_CAP_SECONDS)
+    return ceiling * (0.5 + 0.5 * random_fraction)
+
+
+@dataclass(frozen=True)
+class AttemptEnd:
+    """How an in-flight attempt ends when it fails or is taken back: the task's next state, when it may
+    run again, and the reason stored as its error (and in its history)."""
+
+    state: TaskState
+    not_before: datetime | None
+    error: str
+
+
+def end_of_attempt(
+    task: TaskRecord, reason: str, *, retryable: bool, backoff: bool, now: datetime, random_fraction: float
+) -> AttemptEnd:
+    """Retryable with attempts left: PENDING again (after the backoff if `backoff`); otherwise FAILED."""
+    if state_after_failure(task, retryable) == TaskState.FAILED:
+        return AttemptEnd(TaskState.FAILED, None, reason)
+    wait = retry_backoff_seconds(task.attempt, random_fraction) if backoff else 0.0
+    return AttemptEnd(TaskState.PENDING, now + timedelta(seconds=wait) if wait else None, reason)
+
+
+def seconds_text(milliseconds: float) -> str:
+    """3 s, 1.5 s, 250 ms."""
+    if milliseconds < 1000:
+        return f"{milliseconds:g} ms"
+    return f"{milliseconds / 1000:g} s"
 
 
 def why_report_is_stale(task: TaskRecord, report: AttemptReport) -> str:

@@ -30,6 +30,8 @@ def profile_from_pb(agent: agent_pb2.Agent) -> AgentProfile:
         labels=dict(agent.capabilities.labels),
         max_concurrent_tasks=agent.max_concurrent_tasks,
         accepts_work=agent.status not in _STATUSES_WITHOUT_WORK,
+        draining=agent.status == agent_pb2.AGENT_STATUS_DRAINING,
+        alive=agent.status not in (agent_pb2.AGENT_STATUS_UNHEALTHY, agent_pb2.AGENT_STATUS_OFFLINE),
     )
 
 
@@ -63,6 +65,27 @@ class RegistryClient:
         except grpc.aio.AioRpcError as error:
             raise self._domain_error(error, agent_id) from error
         return profile_from_pb(response.agent)
+
+    async def offline_among(self, agent_ids: set[str]) -> set[str]:
+        """Which of these agents the registry considers OFFLINE (silent too long) or no longer knows."""
+        known_online: set[str] = set()
+        offline: set[str] = set()
+        page_token = ""
+        while True:
+            try:
+                response = await self._stub.ListAgents(
+                    registry_service_pb2.ListAgentsRequest(page_size=500, page_token=page_token),
+                    metadata=self._metadata,
+                    timeout=self._deadline_seconds,
+                )
+            except grpc.aio.AioRpcError as error:
+                raise self._domain_error(error, "") from error
+            for agent in response.agents:
+                if agent.id in agent_ids:
+                    (offline if agent.status == agent_pb2.AGENT_STATUS_OFFLINE else known_online).add(agent.id)
+            page_token = response.next_page_token
+            if not page_token:
+                return offline | (agent_ids - known_online - offline)
 
     @staticmethod
     def _domain_error(error: grpc.aio.AioRpcError, agent_id: str) -> ArbiterError:

@@ -6,18 +6,23 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import psycopg
 
 from services.orchestrator.domain import (
     AgentProfile,
     AttemptCancellation,
     AttemptReport,
     NewTask,
+    OrchestratorDraining,
     Submitted,
     TaskCount,
+    TaskEvent,
     TaskRecord,
     TaskState,
     validate_batch_size,
@@ -26,11 +31,12 @@ from services.orchestrator.domain import (
     validate_report,
     why_report_is_stale,
 )
+from services.orchestrator.notifications import TaskNotifications
 from services.orchestrator.registry_client import RegistryClient
 from services.orchestrator.sessions import AgentSession, AgentSessions
 from services.orchestrator.storage import TaskStore
 from shared import validation
-from shared.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from shared.errors import Aborted, ArbiterError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shared.pagination import decode_page_token, encode_page_token
 
 logger = logging.getLogger(__name__)
@@ -39,6 +45,9 @@ _PAGE_KEYS = frozenset({"created_at", "id"})
 # How often an open stream re-reads its agent's capabilities from the registry.
 PROFILE_REFRESH_SECONDS = 10.0
 MAX_CANCEL_REASON_LENGTH = 1024
+# A watcher re-reads its task this often even without a notification (the listener may be reconnecting).
+WATCH_REREAD_SECONDS = 5.0
+SHUTDOWN_POLL_SECONDS = 0.1
 
 
 def _unknown_task(task_id: str) -> NotFound:
@@ -57,15 +66,21 @@ class Orchestrator:
         store: TaskStore,
         registry: RegistryClient,
         sessions: AgentSessions,
+        notifications: TaskNotifications,
         *,
         max_payload_bytes: int,
         poll_seconds: float,
+        instance_id: str,
     ) -> None:
         self._store = store
         self._registry = registry
         self.sessions = sessions
+        self._notifications = notifications
         self.max_payload_bytes = max_payload_bytes
         self._poll_seconds = poll_seconds
+        self.instance_id = instance_id
+        # Streams that ended because this orchestrator is shutting down: (agent id, stream id).
+        self._left_at_shutdown: list[tuple[str, str]] = []
 
     # Submitters' side.
 
@@ -118,12 +133,33 @@ class Orchestrator:
                 f"task {checked_id} is already {current.state.name}; only PENDING, ASSIGNED or RUNNING tasks "
                 "can be cancelled"
             )
-        if cancellation.released_agent_id is not None:
-            task = cancellation.task
-            self.sessions.send_cancellation(
-                cancellation.released_agent_id, AttemptCancellation(task.id, task.attempt, task.error)
-            )
+        # The agent's stream, on whichever orchestrator, hears of it through the table's NOTIFY.
         return cancellation.task
+
+    async def watch(self, task_id: str) -> AsyncIterator[TaskRecord]:
+        """The task now, then after each change, until it is finished. Changes in quick succession may
+        arrive as one (the latest state); GetTaskHistory has every transition."""
+        checked_id = validation.task_id("task_id", task_id)
+        with self._notifications.watch(checked_id) as changed:
+            task = await self.get(checked_id)
+            yield task
+            while not task.state.is_terminal:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), WATCH_REREAD_SECONDS)
+                changed.clear()
+                current = await self._store.get(checked_id)
+                if current is None:
+                    raise NotFound(f"task {checked_id} was deleted (finished tasks are pruned after their retention)")
+                if current != task:
+                    task = current
+                    yield task
+
+    async def history(self, task_id: str) -> list[TaskEvent]:
+        checked_id = validation.task_id("task_id", task_id)
+        events = await self._store.history(checked_id)
+        if not events and await self._store.get(checked_id) is None:
+            raise _unknown_task(checked_id)
+        return events
 
     # Agents' side.
 
@@ -162,15 +198,21 @@ class Orchestrator:
             self.sessions.wake_capable(record.task_type)
         return record
 
-    async def assignments(self, agent_id: str) -> AsyncIterator[TaskRecord | AttemptCancellation]:
+    async def assignments(
+        self, agent_id: str
+    ) -> AsyncIterator[TaskRecord | AttemptCancellation | OrchestratorDraining]:
         """The agent's work, as long as the stream is open: first what it already holds (an assignment
         may have been lost with a previous stream), then new claims whenever it has free slots, and
         cancellations of what it holds as they happen."""
+        if self.sessions.closing:
+            raise Unavailable("this orchestrator is shutting down; connect to another instance")
         profile = await self._registry.get_agent(validation.agent_id("agent_id", agent_id))
+        stream_id = str(uuid.uuid4())
         with self.sessions.open(profile) as session:
             logger.info("agent %s connected (%d streams open)", agent_id, len(self.sessions))
             try:
                 async with session.claim_lock:
+                    await self._store.open_stream(agent_id, stream_id, self.instance_id)
                     held = await self._store.renew_held(agent_id)
                 for task in held:
                     yield task
@@ -193,8 +235,72 @@ class Orchestrator:
                     if time.monotonic() - refreshed_at >= PROFILE_REFRESH_SECONDS:
                         session.profile = await self._refreshed(session.profile)
                         refreshed_at = time.monotonic()
+                for cancellation in session.take_cancellations():
+                    yield cancellation
+                yield OrchestratorDraining(f"orchestrator {self.instance_id} is shutting down; reconnect")
             finally:
                 logger.info("agent %s disconnected", agent_id)
+                # Shielded: the stream's own cancellation must not cut the release short.
+                await asyncio.shield(self._stream_closed(agent_id, stream_id))
+
+    async def _stream_closed(self, agent_id: str, stream_id: str) -> None:
+        """A closed stream releases what its agent holds at once, for other agents to take, unless a
+        newer stream replaced it, the agent is draining (it finishes its tasks, extending their leases),
+        or this orchestrator is shutting down (then after the grace period, see `shutdown`)."""
+        if self.sessions.closing:
+            self._left_at_shutdown.append((agent_id, stream_id))
+            return
+        release_reason: str | None = f"agent '{agent_id}''s assignment stream closed"
+        try:
+            if (await self._registry.get_agent(agent_id)).draining:
+                release_reason = None
+        except ArbiterError as error:
+            logger.info("releasing agent %s's tasks without its status (%s)", agent_id, error)
+        try:
+            released = await self._store.close_stream(agent_id, stream_id, release_reason)
+        except psycopg.Error as error:
+            logger.warning("could not release agent %s's tasks; their leases will: %s", agent_id, error)
+            return
+        if released:
+            logger.info("agent %s's stream closed: released %d task(s)", agent_id, len(released))
+            for task_type in {task.task_type for task in released}:
+                self.sessions.wake_capable(task_type)
+
+    async def shutdown(self, grace_seconds: float) -> None:
+        """Streams say this orchestrator is draining and end; reports keep being accepted for up to
+        `grace_seconds` while agents finish or reconnect elsewhere. Then what is left is released for
+        reassignment, except the tasks of agents that are still heartbeating and did not reconnect yet
+        (a lone orchestrator restarting): they carry on when they reconnect, and their leases and the
+        OFFLINE check still take the tasks back if they never do."""
+        self.sessions.close_all()
+        deadline = time.monotonic() + grace_seconds
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.sessions.all_closed.wait(), grace_seconds)
+        agent_ids = sorted({agent_id for agent_id, _ in self._left_at_shutdown})
+        try:
+            # Reports arrive as unary calls, possibly on other instances: ask the database.
+            for _ in range(max(0, int((deadline - time.monotonic()) / SHUTDOWN_POLL_SECONDS))):
+                if not agent_ids or not await self._store.count_held(agent_ids):
+                    break
+                await asyncio.sleep(SHUTDOWN_POLL_SECONDS)
+            for agent_id, stream_id in self._left_at_shutdown:
+                reason = (
+                    None
+                    if await self._is_alive(agent_id)
+                    else (f"orchestrator {self.instance_id} shut down and agent '{agent_id}' is gone")
+                )
+                released = await self._store.close_stream(agent_id, stream_id, reason)
+                if released:
+                    logger.info("shutdown: released %d task(s) of agent %s", len(released), agent_id)
+        except psycopg.Error as error:
+            logger.warning("shutdown: could not release held tasks; their leases will: %s", error)
+
+    async def _is_alive(self, agent_id: str) -> bool:
+        """Heartbeating (ONLINE, BUSY or DRAINING) by the registry's account; unknown counts as gone."""
+        try:
+            return (await self._registry.get_agent(agent_id)).alive
+        except ArbiterError:
+            return False
 
     @staticmethod
     def _raise_if_superseded(session: AgentSession, agent_id: str) -> None:

@@ -15,6 +15,7 @@ from services.orchestrator.convert import (
     submission_from_pb,
     submissions_from_pb,
     task_count_to_pb,
+    task_event_to_pb,
     task_to_pb,
 )
 from services.orchestrator.domain import validate_batch_size
@@ -49,6 +50,20 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     @unary_errors
     async def GetTask(self, request: pb.GetTaskRequest, context: grpc.aio.ServicerContext) -> pb.GetTaskResponse:
         return pb.GetTaskResponse(task=task_to_pb(await self._orchestrator.get(request.task_id)))
+
+    @stream_errors
+    async def WatchTask(
+        self, request: pb.WatchTaskRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchTaskResponse]:
+        async for task in self._orchestrator.watch(request.task_id):
+            yield pb.WatchTaskResponse(task=task_to_pb(task))
+
+    @unary_errors
+    async def GetTaskHistory(
+        self, request: pb.GetTaskHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetTaskHistoryResponse:
+        events = await self._orchestrator.history(request.task_id)
+        return pb.GetTaskHistoryResponse(events=[task_event_to_pb(event) for event in events])
 
     @unary_errors
     async def ListTasks(self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext) -> pb.ListTasksResponse:

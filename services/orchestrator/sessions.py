@@ -31,6 +31,9 @@ class AgentSessions:
     def __init__(self) -> None:
         self._sessions: dict[str, AgentSession] = {}
         self.closing = False
+        # Set while no stream is open (shutdown waits on it).
+        self.all_closed = asyncio.Event()
+        self.all_closed.set()
 
     @contextlib.contextmanager
     def open(self, profile: AgentProfile) -> Iterator[AgentSession]:
@@ -44,11 +47,14 @@ class AgentSessions:
         if previous is not None:
             session.claim_lock = previous.claim_lock
         self._sessions[profile.id] = session
+        self.all_closed.clear()
         try:
             yield session
         finally:
             if self._sessions.get(profile.id) is session:
                 del self._sessions[profile.id]
+            if not self._sessions:
+                self.all_closed.set()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -73,8 +79,12 @@ class AgentSessions:
             session.cancellations.append(cancellation)
             session.wakeup.set()
 
-    def close_all(self) -> None:
-        """Shutting down: every stream ends so its agent reconnects elsewhere."""
-        self.closing = True
+    def wake_all(self) -> None:
+        """Wake-ups may have been missed (the notification listener reconnected): everyone looks again."""
         for session in self._sessions.values():
             session.wakeup.set()
+
+    def close_all(self) -> None:
+        """Shutting down: every stream says so and ends, so its agent reconnects elsewhere."""
+        self.closing = True
+        self.wake_all()

@@ -6,29 +6,37 @@ so a stale or foreign report updates nothing.
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from services.orchestrator.domain import (
+    MAX_ERROR_LENGTH,
     AgentProfile,
     AttemptReport,
     NewTask,
     Submitted,
     TaskCount,
+    TaskEvent,
     TaskRecord,
     TaskRequirements,
     TaskState,
-    state_after_failure,
+    end_of_attempt,
+    seconds_text,
 )
 from shared.database import Pool
 
 _TASK_COLUMNS = """
     id::text AS id, task_type, state, payload, result, error, priority, required_languages,
     required_specializations, required_labels, attempt, max_attempts, timeout_ms, idempotency_key,
-    assigned_agent_id, progress, progress_message, lease_expires_at, created_at, updated_at
+    assigned_agent_id, progress, progress_message, lease_expires_at, created_at, updated_at, not_before,
+    schedule_to_start_timeout_ms
 """
 # The same columns where another table in the statement has an id too.
 _QUALIFIED_TASK_COLUMNS = ", ".join(f"t.{column.strip()}" for column in _TASK_COLUMNS.split(","))
@@ -39,9 +47,9 @@ _IN_FLIGHT = "('assigned', 'running')"
 # insert_task: a new PENDING row, or nothing when the idempotency key is taken (the caller reads that row).
 _INSERT_TASK = f"""
     INSERT INTO tasks (task_type, state, payload, priority, required_languages, required_specializations,
-                       required_labels, max_attempts, timeout_ms, idempotency_key)
+                       required_labels, max_attempts, timeout_ms, idempotency_key, schedule_to_start_timeout_ms)
     VALUES (%(task_type)s, 'pending', %(payload)s, %(priority)s, %(languages)s, %(specializations)s,
-            %(labels)s, %(max_attempts)s, %(timeout_ms)s, %(idempotency_key)s)
+            %(labels)s, %(max_attempts)s, %(timeout_ms)s, %(idempotency_key)s, %(schedule_to_start_timeout_ms)s)
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING {_TASK_COLUMNS}
 """
@@ -58,6 +66,7 @@ def _insert_parameters(task: NewTask) -> dict[str, Any]:
         "max_attempts": task.max_attempts,
         "timeout_ms": task.timeout_ms,
         "idempotency_key": task.idempotency_key,
+        "schedule_to_start_timeout_ms": task.schedule_to_start_timeout_ms,
     }
 
 
@@ -85,6 +94,8 @@ def _record(row: dict[str, Any]) -> TaskRecord:
         lease_expires_at=row["lease_expires_at"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        not_before=row["not_before"],
+        schedule_to_start_timeout_ms=row["schedule_to_start_timeout_ms"],
     )
 
 
@@ -212,6 +223,7 @@ class TaskStore:
                 ), candidate AS (
                     SELECT id FROM tasks
                     WHERE state = 'pending'
+                      AND (not_before IS NULL OR not_before <= now())
                       AND task_type = ANY(%(task_types)s)
                       AND required_languages <@ %(languages)s
                       AND required_specializations <@ %(specializations)s
@@ -223,7 +235,7 @@ class TaskStore:
                 UPDATE tasks t
                 SET state = 'assigned', assigned_agent_id = %(agent_id)s, assigned_at = clock_timestamp(),
                     lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-                    progress = 0, progress_message = '', updated_at = now()
+                    progress = 0, progress_message = '', not_before = NULL, updated_at = now()
                 FROM candidate
                 WHERE t.id = candidate.id
                 RETURNING {_QUALIFIED_TASK_COLUMNS}
@@ -303,7 +315,8 @@ class TaskStore:
 
     async def fail(self, report: AttemptReport, error: str, retryable: bool) -> TaskRecord | None:
         """fail_task: under a row lock, checks the attempt, then either puts the task back to PENDING
-        with the next attempt or marks it FAILED (the domain decides); None when the report is stale."""
+        with the next attempt after a backoff, or marks it FAILED (the domain decides); None when the
+        report is stale."""
         async with self._pool.connection() as connection, connection.transaction():
             cursor = await connection.execute(
                 f"""
@@ -317,24 +330,242 @@ class TaskStore:
             row = await cursor.fetchone()
             if row is None:
                 return None
-            next_state = state_after_failure(_record(row), retryable)
+            # The agent itself ended the attempt: no cancellation goes back to it (see migration 0005).
+            await connection.execute("SET LOCAL arbiter.reported_by_agent = 'on'")
+            ended = await _end_attempts(
+                connection, [_record(row)], lambda task: error, retryable=retryable, backoff=True
+            )
+        return ended[0]
+
+    # Attempts that end without their agent's report. Each selection locks with SKIP LOCKED, so every
+    # orchestrator can sweep at once: a row is handled by exactly one of them, and a row an agent's
+    # report holds is left for the next sweep.
+
+    async def expire_leases(self, limit: int) -> list[TaskRecord]:
+        """expire_leases: in-flight attempts whose lease ran out end as retryable failures (backoff)."""
+        return await self._sweep(
+            f"""
+            SELECT {_TASK_COLUMNS} FROM tasks
+            WHERE state IN {_IN_FLIGHT} AND lease_expires_at < now()
+            ORDER BY lease_expires_at
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+            """,
+            {"limit": limit},
+            lambda task: f"lease expired: no progress from agent '{task.assigned_agent_id}' in time",
+            retryable=True,
+            backoff=True,
+        )
+
+    async def time_out_attempts(self, limit: int) -> list[TaskRecord]:
+        """time_out_attempts: in-flight attempts past the task's timeout end as retryable failures."""
+        return await self._sweep(
+            f"""
+            SELECT {_TASK_COLUMNS} FROM tasks
+            WHERE state IN {_IN_FLIGHT} AND timeout_ms IS NOT NULL
+              AND assigned_at + timeout_ms * interval '1 millisecond' < now()
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+            """,
+            {"limit": limit},
+            lambda task: f"attempt {task.attempt} timed out after {seconds_text(task.timeout_ms or 0)}",
+            retryable=True,
+            backoff=True,
+        )
+
+    async def fail_unstarted(self, limit: int) -> list[TaskRecord]:
+        """fail_unstarted: PENDING tasks no agent took within their schedule_to_start_timeout are FAILED.
+        The wait counts from when the task became PENDING, or from the end of its backoff."""
+        return await self._sweep(
+            f"""
+            SELECT {_TASK_COLUMNS} FROM tasks
+            WHERE state = 'pending' AND schedule_to_start_timeout_ms IS NOT NULL
+              AND GREATEST(updated_at, COALESCE(not_before, updated_at))
+                  + schedule_to_start_timeout_ms * interval '1 millisecond' < now()
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+            """,
+            {"limit": limit},
+            lambda task: (
+                f"no agent started the task within its schedule_to_start_timeout of "
+                f"{seconds_text(task.schedule_to_start_timeout_ms or 0)}: check that an agent offering "
+                f"task type '{task.task_type}' with the required capabilities is connected"
+            ),
+            retryable=False,
+            backoff=False,
+        )
+
+    async def _sweep(
+        self,
+        select: str,
+        parameters: dict[str, Any],
+        reason: Callable[[TaskRecord], str],
+        *,
+        retryable: bool,
+        backoff: bool,
+    ) -> list[TaskRecord]:
+        async with self._pool.connection() as connection, connection.transaction():
+            cursor = await connection.execute(select, parameters)
+            tasks = [_record(row) for row in await cursor.fetchall()]
+            return await _end_attempts(connection, tasks, reason, retryable=retryable, backoff=backoff)
+
+    async def release_agent(self, agent_id: str, reason: str) -> list[TaskRecord]:
+        """release_agent_tasks: every attempt the agent holds ends at once (no backoff), attempt bumped,
+        for another agent to take; FAILED where no attempts are left."""
+        return await self._sweep(
+            f"""
+            SELECT {_TASK_COLUMNS} FROM tasks
+            WHERE assigned_agent_id = %(agent_id)s AND state IN {_IN_FLIGHT}
+            FOR UPDATE
+            """,
+            {"agent_id": agent_id},
+            lambda task: reason,
+            retryable=True,
+            backoff=False,
+        )
+
+    async def count_held(self, agent_ids: list[str]) -> int:
+        """count_held_tasks: in-flight attempts held by any of these agents."""
+        async with self._pool.connection() as connection:
             cursor = await connection.execute(
-                f"""
-                UPDATE tasks
-                SET state = %(state)s, error = %(error)s, lease_expires_at = NULL,
-                    -- A retried task is nobody's until claimed again; a failed one shows who failed it.
-                    assigned_agent_id = CASE WHEN %(state)s = 'pending' THEN NULL ELSE assigned_agent_id END,
-                    attempt = attempt + %(attempt_increment)s, updated_at = now()
-                WHERE id = %(id)s
-                RETURNING {_TASK_COLUMNS}
-                """,
-                {
-                    "id": report.task_id,
-                    "state": next_state.value,
-                    "error": error,
-                    "attempt_increment": 1 if next_state == TaskState.PENDING else 0,
-                },
+                f"SELECT count(*) AS n FROM tasks WHERE assigned_agent_id = ANY(%s) AND state IN {_IN_FLIGHT}",
+                (agent_ids,),
             )
             row = await cursor.fetchone()
-        assert row is not None
-        return _record(row)
+        return int(row["n"]) if row else 0
+
+    async def holders(self) -> list[str]:
+        """holding_agents: the agents that hold in-flight attempts now."""
+        async with self._pool.connection() as connection:
+            cursor = await connection.execute(
+                f"SELECT DISTINCT assigned_agent_id FROM tasks WHERE state IN {_IN_FLIGHT}"
+            )
+            return [row["assigned_agent_id"] for row in await cursor.fetchall()]
+
+    async def types_ready_since(self, since: datetime) -> list[str]:
+        """backoffs_ended: task types with PENDING tasks whose backoff ended after `since`."""
+        async with self._pool.connection() as connection:
+            cursor = await connection.execute(
+                """
+                SELECT DISTINCT task_type FROM tasks
+                WHERE state = 'pending' AND not_before > %(since)s AND not_before <= now()
+                """,
+                {"since": since},
+            )
+            return [row["task_type"] for row in await cursor.fetchall()]
+
+    async def prune_finished(self, older_than: timedelta, batch_size: int) -> int:
+        """prune_finished_tasks: deletes up to `batch_size` COMPLETED, FAILED or CANCELLED tasks last
+        changed before now - `older_than`, with their events (ON DELETE CASCADE)."""
+        async with self._pool.connection() as connection:
+            cursor = await connection.execute(
+                """
+                DELETE FROM tasks WHERE id IN (
+                    SELECT id FROM tasks
+                    WHERE state IN ('completed', 'failed', 'cancelled') AND updated_at < now() - %(older_than)s
+                    LIMIT %(batch_size)s
+                    FOR UPDATE SKIP LOCKED
+                )
+                """,
+                {"older_than": older_than, "batch_size": batch_size},
+            )
+            return cursor.rowcount
+
+    # Which stream each agent has open, across orchestrators.
+
+    async def open_stream(self, agent_id: str, stream_id: str, instance_id: str) -> None:
+        """open_agent_stream: this stream is now the agent's; any older one (here or elsewhere) is not."""
+        async with self._pool.connection() as connection:
+            await connection.execute(
+                """
+                INSERT INTO agent_streams (agent_id, stream_id, instance_id) VALUES (%s, %s, %s)
+                ON CONFLICT (agent_id) DO UPDATE
+                SET stream_id = excluded.stream_id, instance_id = excluded.instance_id, opened_at = now()
+                """,
+                (agent_id, stream_id, instance_id),
+            )
+
+    async def close_stream(self, agent_id: str, stream_id: str, release_reason: str | None) -> list[TaskRecord]:
+        """close_agent_stream: forgets the stream if it is still the agent's latest and, given a reason,
+        releases what the agent holds in the same transaction. A stream a newer one replaced releases
+        nothing: the agent is connected again."""
+        async with self._pool.connection() as connection, connection.transaction():
+            cursor = await connection.execute(
+                "DELETE FROM agent_streams WHERE agent_id = %s AND stream_id = %s RETURNING agent_id",
+                (agent_id, stream_id),
+            )
+            if await cursor.fetchone() is None or release_reason is None:
+                return []
+            cursor = await connection.execute(
+                f"""
+                SELECT {_TASK_COLUMNS} FROM tasks
+                WHERE assigned_agent_id = %s AND state IN {_IN_FLIGHT}
+                FOR UPDATE
+                """,
+                (agent_id,),
+            )
+            tasks = [_record(row) for row in await cursor.fetchall()]
+            return await _end_attempts(connection, tasks, lambda task: release_reason, retryable=True, backoff=False)
+
+    async def history(self, task_id: str) -> list[TaskEvent]:
+        """task_history: the task's state changes, oldest first."""
+        async with self._pool.connection() as connection:
+            cursor = await connection.execute(
+                """
+                SELECT at, from_state, to_state, attempt, agent_id, reason FROM task_events
+                WHERE task_id = %s ORDER BY id
+                """,
+                (task_id,),
+            )
+            rows = await cursor.fetchall()
+        return [
+            TaskEvent(
+                at=row["at"],
+                from_state=TaskState(row["from_state"]) if row["from_state"] else None,
+                to_state=TaskState(row["to_state"]),
+                attempt=row["attempt"],
+                agent_id=row["agent_id"],
+                reason=row["reason"],
+            )
+            for row in rows
+        ]
+
+
+async def _end_attempts(
+    connection: AsyncConnection[DictRow],
+    tasks: list[TaskRecord],
+    reason: Callable[[TaskRecord], str],
+    *,
+    retryable: bool,
+    backoff: bool,
+) -> list[TaskRecord]:
+    """Ends each locked task's current attempt as the domain decides: PENDING again with the next attempt
+    (after a backoff for failures and timeouts, at once for releases), or FAILED."""
+    now = datetime.now(UTC)
+    ended: list[TaskRecord] = []
+    for task in tasks:
+        end = end_of_attempt(
+            task, reason(task), retryable=retryable, backoff=backoff, now=now, random_fraction=random.random()
+        )
+        cursor = await connection.execute(
+            f"""
+            UPDATE tasks
+            SET state = %(state)s, error = %(error)s, lease_expires_at = NULL, not_before = %(not_before)s,
+                attempt = attempt + %(attempt_increment)s, updated_at = now(),
+                -- A retried task is nobody's until claimed again; a failed one shows who failed it.
+                assigned_agent_id = CASE WHEN %(state)s = 'pending' THEN NULL ELSE assigned_agent_id END
+            WHERE id = %(id)s
+            RETURNING {_TASK_COLUMNS}
+            """,
+            {
+                "id": task.id,
+                "state": end.state.value,
+                "error": end.error[:MAX_ERROR_LENGTH],
+                "not_before": end.not_before,
+                "attempt_increment": 1 if end.state == TaskState.PENDING else 0,
+            },
+        )
+        row = await cursor.fetchone()
+        assert row is not None, "the row is locked by this transaction"
+        ended.append(_record(row))
+    return ended

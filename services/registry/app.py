@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from arbiter.v1 import registry_service_pb2_grpc
+from services.registry.domain import Silence
 from services.registry.service import Registry
 from services.registry.servicer import RegistryServicer
 from services.registry.storage import AgentStore
@@ -36,7 +37,9 @@ async def create_registry(config: Config) -> RegistryApp:
         config.require_database_url(), config.db_pool_min_size, config.db_pool_max_size, name="registry"
     )
     try:
-        registry = Registry(AgentStore(pool), config.heartbeat_interval_seconds)
+        registry = Registry(
+            AgentStore(pool, Silence.for_interval(config.heartbeat_interval_seconds)), config.heartbeat_interval_seconds
+        )
         interceptor = ApiKeyInterceptor(
             KeyCache(pool, config.auth_cache_seconds), method_permissions(REGISTRY_SERVICE, REGISTRY_ROLES)
         )

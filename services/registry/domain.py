@@ -24,6 +24,26 @@ class AgentStatus(StrEnum):
 SELF_REPORTED_STATUSES = frozenset({AgentStatus.ONLINE, AgentStatus.BUSY, AgentStatus.DRAINING})
 
 
+# An agent silent for this many heartbeat intervals is UNHEALTHY; for twice as many, OFFLINE (the
+# orchestrators then release what it holds).
+UNHEALTHY_AFTER_INTERVALS = 3
+OFFLINE_AFTER_INTERVALS = 6
+
+
+@dataclass(frozen=True)
+class Silence:
+    """How long without a heartbeat, in seconds, makes an agent UNHEALTHY and then OFFLINE."""
+
+    unhealthy_after: float
+    offline_after: float
+
+    @classmethod
+    def for_interval(cls, heartbeat_interval_seconds: float) -> Silence:
+        return cls(
+            UNHEALTHY_AFTER_INTERVALS * heartbeat_interval_seconds, OFFLINE_AFTER_INTERVALS * heartbeat_interval_seconds
+        )
+
+
 @dataclass(frozen=True)
 class AgentRegistration:
     id: str

@@ -6,12 +6,21 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from services.registry.domain import AgentRecord, AgentRegistration, AgentStatus, Heartbeat
+from services.registry.domain import AgentRecord, AgentRegistration, AgentStatus, Heartbeat, Silence
 from shared.database import Pool
 
-_AGENT_COLUMNS = """
+# The status an agent reported, unless it has been silent too long: then UNHEALTHY, later OFFLINE.
+# Computed when read, so it is never stale and needs no sweeper.
+_EFFECTIVE_STATUS = """
+    CASE
+        WHEN last_heartbeat_at < now() - make_interval(secs => %(offline_after)s) THEN 'offline'
+        WHEN last_heartbeat_at < now() - make_interval(secs => %(unhealthy_after)s) THEN 'unhealthy'
+        ELSE status
+    END
+"""
+_AGENT_COLUMNS = f"""
     id, name, model_family, task_types, languages, specializations, labels, max_concurrent_tasks,
-    status, active_tasks, success_rate, average_quality, average_latency_ms, task_count,
+    {_EFFECTIVE_STATUS} AS status, active_tasks, success_rate, average_quality, average_latency_ms, task_count,
     registered_at, last_heartbeat_at
 """
 
@@ -40,8 +49,9 @@ def _record(row: dict[str, Any]) -> AgentRecord:
 
 
 class AgentStore:
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, silence: Silence) -> None:
         self._pool = pool
+        self._silence = {"unhealthy_after": silence.unhealthy_after, "offline_after": silence.offline_after}
 
     async def upsert(self, registration: AgentRegistration) -> AgentRecord:
         """register_agent: one row per id. Re-registering replaces the capabilities, marks the agent
@@ -67,6 +77,7 @@ class AgentStore:
                 RETURNING {_AGENT_COLUMNS}
                 """,
                 {
+                    **self._silence,
                     "id": registration.id,
                     "name": registration.name,
                     "model_family": registration.model_family,
@@ -87,18 +98,26 @@ class AgentStore:
             cursor = await connection.execute(
                 f"""
                 UPDATE agents
-                SET active_tasks = %s, status = %s, last_heartbeat_at = now(), updated_at = now()
-                WHERE id = %s
+                SET active_tasks = %(active_tasks)s, status = %(status)s, last_heartbeat_at = now(),
+                    updated_at = now()
+                WHERE id = %(id)s
                 RETURNING {_AGENT_COLUMNS}
                 """,
-                (heartbeat.active_tasks, heartbeat.status.value, heartbeat.agent_id),
+                {
+                    **self._silence,
+                    "active_tasks": heartbeat.active_tasks,
+                    "status": heartbeat.status.value,
+                    "id": heartbeat.agent_id,
+                },
             )
             row = await cursor.fetchone()
         return _record(row) if row else None
 
     async def get(self, agent_id: str) -> AgentRecord | None:
         async with self._pool.connection() as connection:
-            cursor = await connection.execute(f"SELECT {_AGENT_COLUMNS} FROM agents WHERE id = %s", (agent_id,))
+            cursor = await connection.execute(
+                f"SELECT {_AGENT_COLUMNS} FROM agents WHERE id = %(id)s", {**self._silence, "id": agent_id}
+            )
             row = await cursor.fetchone()
         return _record(row) if row else None
 
@@ -112,11 +131,12 @@ class AgentStore:
                 SELECT {_AGENT_COLUMNS} FROM agents
                 WHERE (%(after_id)s::text IS NULL OR id > %(after_id)s)
                   AND (%(task_type)s::text IS NULL OR task_types @> ARRAY[%(task_type)s::text])
-                  AND (%(status)s::text IS NULL OR status = %(status)s)
+                  AND (%(status)s::text IS NULL OR {_EFFECTIVE_STATUS} = %(status)s)
                 ORDER BY id
                 LIMIT %(limit)s
                 """,
                 {
+                    **self._silence,
                     "after_id": after_id,
                     "task_type": task_type,
                     "status": status.value if status else None,

@@ -1,0 +1,93 @@
+"""What other orchestrators (and this one) changed, heard over PostgreSQL LISTEN/NOTIFY.
+
+The tasks table's trigger notifies on every change (see migration 0005). One connection per
+orchestrator listens and turns notifications into wake-ups: new PENDING work wakes the streams of
+agents that can take it, an attempt taken back sends a cancellation down its agent's stream, and a
+changed task wakes its watchers. While the connection is down, the safety poll, lease extensions and
+watchers' own re-reads keep everything correct, only slower; on reconnect everyone looks again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+
+import psycopg
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from services.orchestrator.domain import AttemptCancellation
+from services.orchestrator.sessions import AgentSessions
+
+logger = logging.getLogger(__name__)
+
+CHANNELS = ("arbiter_task", "arbiter_work", "arbiter_revoke")
+
+
+class TaskNotifications:
+    def __init__(self, database_url: str, sessions: AgentSessions) -> None:
+        self._database_url = database_url
+        self._sessions = sessions
+        self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self.listening = asyncio.Event()
+
+    @contextlib.contextmanager
+    def watch(self, task_id: str) -> Iterator[asyncio.Event]:
+        """An event set whenever the task changes (or changes may have been missed)."""
+        changed = asyncio.Event()
+        self._watchers[task_id].add(changed)
+        try:
+            yield changed
+        finally:
+            self._watchers[task_id].discard(changed)
+            if not self._watchers[task_id]:
+                del self._watchers[task_id]
+
+    async def run(self) -> None:
+        """Listens until cancelled, reconnecting with backoff whenever the connection is lost."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(psycopg.Error),
+            wait=wait_exponential_jitter(multiplier=0.1, max=5.0, jitter=0.25),
+            before_sleep=lambda state: logger.warning(
+                "notification listener lost the database; reconnecting: %s",
+                state.outcome.exception() if state.outcome else "",
+            ),
+        ):
+            with attempt:
+                await self._listen()
+
+    async def _listen(self) -> None:
+        connection = await psycopg.AsyncConnection.connect(self._database_url, autocommit=True)
+        try:
+            for channel in CHANNELS:
+                await connection.execute(f"LISTEN {channel}")
+            self.listening.set()
+            self._everyone_looks_again()
+            async for notification in connection.notifies():
+                self._dispatch(notification.channel, notification.payload)
+        finally:
+            self.listening.clear()
+            await connection.close()
+
+    def _everyone_looks_again(self) -> None:
+        self._sessions.wake_all()
+        for watchers in self._watchers.values():
+            for changed in watchers:
+                changed.set()
+
+    def _dispatch(self, channel: str, payload: str) -> None:
+        if channel == "arbiter_task":
+            for changed in self._watchers.get(payload, ()):
+                changed.set()
+        elif channel == "arbiter_work":
+            self._sessions.wake_capable(payload)
+        elif channel == "arbiter_revoke":
+            revoked = json.loads(payload)
+            if revoked["agent"]:
+                self._sessions.send_cancellation(
+                    revoked["agent"],
+                    AttemptCancellation(revoked["task"], revoked["attempt"], revoked["reason"] or "taken back"),
+                )
