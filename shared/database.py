@@ -9,7 +9,8 @@ from importlib import resources
 
 import psycopg
 from psycopg.rows import DictRow, dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay
 
 logger = logging.getLogger(__name__)
 
@@ -19,9 +20,19 @@ _MIGRATION_LOCK_KEY = 0x41524249544552  # "ARBITER"
 # Every pool hands out autocommit connections whose rows are dicts.
 Pool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
 
+# A caller waits at most this long for a connection, then gets UNAVAILABLE: well inside the SDK's 10 s
+# deadline, so while the database is down callers hear UNAVAILABLE (retry), not DEADLINE_EXCEEDED.
+CONNECTION_WAIT_SECONDS = 5.0
+# psycopg_pool retries a lost connection after 1, 2, 4, 8… s until it gives up: after a minute's outage it
+# would not try again for another minute. Giving up after a few seconds lets the next request for a
+# connection (the health check asks every 2 s) start afresh, so the pool is back soon after the database.
+RECONNECT_SECONDS = 5.0
+# How long a starting service waits for the database.
+OPEN_TIMEOUT_SECONDS = 30.0
+
 
 async def open_pool(url: str, min_size: int, max_size: int, name: str) -> Pool:
-    """Opens a pool whose connections return rows as dicts; waits until one connection works."""
+    """Opens a pool whose connections return rows as dicts; waits (up to 30 s) until one connection works."""
     pool: Pool = AsyncConnectionPool(
         url,
         connection_class=psycopg.AsyncConnection[DictRow],
@@ -29,11 +40,22 @@ async def open_pool(url: str, min_size: int, max_size: int, name: str) -> Pool:
         max_size=max_size,
         kwargs={"row_factory": dict_row, "autocommit": True},
         name=name,
-        # A caller waits at most this long for a connection, then gets UNAVAILABLE.
-        timeout=10.0,
+        timeout=CONNECTION_WAIT_SECONDS,
+        reconnect_timeout=RECONNECT_SECONDS,
         open=False,
     )
-    await pool.open(wait=True, timeout=30)
+    await pool.open()
+    try:
+        # Not open(wait=True): that waits on the pool's own attempts, which give up after RECONNECT_SECONDS.
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(PoolTimeout), stop=stop_after_delay(OPEN_TIMEOUT_SECONDS), reraise=True
+        ):
+            with attempt:
+                async with pool.connection():
+                    pass
+    except BaseException:
+        await pool.close()
+        raise
     return pool
 
 

@@ -271,6 +271,45 @@ async def test_submit_wait_prints_the_finished_task_and_exits_by_its_state(stack
     assert json.loads(failed.stdout)["state"] == "failed"
 
 
+async def test_history_lists_each_state_change_with_its_reason(stack: Stack, database_url: str) -> None:
+    async with serving_agent(stack, {"give-up": give_up}), submitter(stack) as client:
+        task = await client.submit("give-up")
+        await client.wait(task.id, timeout=30)
+    variables = stack_environment(stack, database_url)
+    table = succeeded(await arbiter(variables, "tasks", "history", task.id)).splitlines()
+    assert table[0].split() == ["TIME", "FROM", "TO", "ATTEMPT", "AGENT", "REASON"]
+    assert [line.split()[1:3] for line in table[2:]] == [
+        ["-", "pending"],
+        ["pending", "assigned"],
+        ["assigned", "failed"],
+    ]
+    events = json.loads(succeeded(await arbiter(variables, "tasks", "history", task.id, "--json")))
+    assert [(event["from_state"], event["to_state"]) for event in events] == [
+        (None, "pending"),
+        ("pending", "assigned"),
+        ("assigned", "failed"),
+    ]
+    assert "this input cannot work" in events[-1]["reason"]
+
+
+async def test_a_task_nobody_starts_in_time_fails_saying_so(stack: Stack, database_url: str) -> None:
+    submitted = await arbiter(
+        stack_environment(stack, database_url),
+        "tasks",
+        "submit",
+        "nobody-takes-this",
+        "--schedule-to-start-timeout",
+        "0.2",
+        "--wait-timeout",
+        "20",
+        "--json",
+    )
+    assert submitted.returncode == 1, submitted.stderr
+    finished = json.loads(submitted.stdout)
+    assert finished["state"] == "failed"
+    assert "schedule_to_start_timeout" in finished["error"]
+
+
 # Queue depth and agents.
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -11,11 +11,13 @@ from services.orchestrator.domain import (
     TaskRecord,
     TaskRequirements,
     TaskState,
+    end_of_attempt,
+    retry_backoff_seconds,
     state_after_failure,
     validate_submission,
     why_report_is_stale,
 )
-from services.registry.domain import AgentStatus, validate_heartbeat, validate_registration
+from services.registry.domain import AgentStatus, Silence, validate_heartbeat, validate_registration
 from shared.errors import InvalidArgument
 from shared.pagination import decode_page_token, encode_page_token
 
@@ -96,6 +98,56 @@ def test_retryable_failure_on_the_last_attempt_fails_the_task() -> None:
 
 def test_permanent_failure_fails_the_task_whatever_attempts_are_left() -> None:
     assert state_after_failure(task(attempt=1, max_attempts=3), retryable=False) == TaskState.FAILED
+
+
+@pytest.mark.parametrize(
+    ("failed_attempt", "shortest", "longest"),
+    [(1, 0.5, 1.0), (2, 1.0, 2.0), (7, 30.0, 60.0), (8, 30.0, 60.0), (20, 30.0, 60.0)],
+)
+def test_retry_backoff_doubles_per_attempt_up_to_a_minute_with_jitter_down_to_half(
+    failed_attempt: int, shortest: float, longest: float
+) -> None:
+    assert retry_backoff_seconds(failed_attempt, 0.0) == shortest
+    assert retry_backoff_seconds(failed_attempt, 1.0) == longest
+    assert shortest < retry_backoff_seconds(failed_attempt, 0.5) < longest
+
+
+def test_a_retryable_failure_with_attempts_left_is_pending_again_after_the_backoff() -> None:
+    end = end_of_attempt(
+        task(attempt=2, max_attempts=3), "boom", retryable=True, backoff=True, now=NOW, random_fraction=0.5
+    )
+    assert end.state == TaskState.PENDING
+    assert end.not_before == NOW + timedelta(seconds=retry_backoff_seconds(2, 0.5))
+    assert end.error == "boom"
+
+
+def test_a_released_attempt_is_pending_again_at_once() -> None:
+    end = end_of_attempt(
+        task(attempt=1, max_attempts=3), "stream closed", retryable=True, backoff=False, now=NOW, random_fraction=1.0
+    )
+    assert (end.state, end.not_before, end.error) == (TaskState.PENDING, None, "stream closed")
+
+
+@pytest.mark.parametrize("backoff", [True, False], ids=["failure", "release"])
+def test_an_attempt_ending_when_attempts_are_spent_fails_the_task(backoff: bool) -> None:
+    end = end_of_attempt(
+        task(attempt=3, max_attempts=3), "boom", retryable=True, backoff=backoff, now=NOW, random_fraction=0.5
+    )
+    assert (end.state, end.not_before, end.error) == (TaskState.FAILED, None, "boom")
+
+
+def test_an_attempt_ending_as_not_retryable_fails_the_task_with_attempts_left() -> None:
+    end = end_of_attempt(
+        task(attempt=1, max_attempts=3), "too late", retryable=False, backoff=False, now=NOW, random_fraction=0.5
+    )
+    assert (end.state, end.not_before, end.error) == (TaskState.FAILED, None, "too late")
+
+
+@pytest.mark.parametrize("interval", [0.2, 5.0])
+def test_an_agent_is_unhealthy_after_three_silent_heartbeat_intervals_and_offline_after_six(interval: float) -> None:
+    silence = Silence.for_interval(interval)
+    assert silence.unhealthy_after == pytest.approx(3 * interval)
+    assert silence.offline_after == pytest.approx(6 * interval)
 
 
 @pytest.mark.parametrize(

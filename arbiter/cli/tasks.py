@@ -1,4 +1,4 @@
-"""`arbiter tasks`: submit, get, list, watch and cancel tasks."""
+"""`arbiter tasks`: submit, get, list, watch, trace the history of, and cancel tasks."""
 
 from __future__ import annotations
 
@@ -46,8 +46,8 @@ JSON_TYPE_NAMES = {list: "an array", str: "a string", int: "a number", float: "a
 def add_commands(commands: Subcommands) -> None:
     tasks = commands.add_parser(
         "tasks",
-        help="submit, get, list, watch and cancel tasks",
-        description="Submit, get, list, watch and cancel tasks.",
+        help="submit, get, list, watch, history and cancel tasks",
+        description="Submit, get, list, watch, trace and cancel tasks.",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -72,6 +72,12 @@ def add_commands(commands: Subcommands) -> None:
     )
     submit.add_argument("--max-attempts", type=int, default=0, metavar="N", help="1..100 (default: the server's, 3)")
     submit.add_argument("--timeout", type=positive_seconds, metavar="SECONDS", help="bound on one attempt")
+    submit.add_argument(
+        "--schedule-to-start-timeout",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="fail the task if no agent starts it within this long",
+    )
     submit.add_argument("--idempotency-key", default="", metavar="KEY", help="a repeat returns the first task")
     submit.add_argument(
         "--language", dest="languages", action="append", default=[], metavar="L", help="required; repeatable"
@@ -115,6 +121,12 @@ def add_commands(commands: Subcommands) -> None:
     watch.add_argument("task_id", metavar="ID")
     watch.add_argument("--timeout", type=positive_seconds, metavar="SECONDS", help="stop watching after this long")
     watch.set_defaults(run=calls_services(watch_task))
+
+    history = task_commands.add_parser(
+        "history", parents=[service_options()], help="every state change of a task, and why"
+    )
+    history.add_argument("task_id", metavar="ID")
+    history.set_defaults(run=calls_services(task_history))
 
     cancel = task_commands.add_parser("cancel", parents=[service_options()], help="cancel an unfinished task")
     cancel.add_argument("task_id", metavar="ID")
@@ -168,6 +180,7 @@ async def submit_task(arguments: argparse.Namespace, connection: Connection) -> 
             languages=arguments.languages,
             specializations=arguments.specializations,
             labels=dict(arguments.labels),
+            schedule_to_start_timeout=arguments.schedule_to_start_timeout,
         )
         if not task.created:
             note(f"a task with idempotency key '{arguments.idempotency_key}' already exists: this is that task")
@@ -234,6 +247,30 @@ async def watch_task(arguments: argparse.Namespace, connection: Connection) -> i
     return finished_exit_code(task)
 
 
+async def task_history(arguments: argparse.Namespace, connection: Connection) -> int:
+    async with connection.client() as client:
+        events = await client.history(arguments.task_id)
+    if arguments.json:
+        print_json(events)
+        return 0
+    print_table(
+        ["TIME", "FROM", "TO", "ATTEMPT", "AGENT", "REASON"],
+        (
+            [
+                event.time.astimezone().strftime("%H:%M:%S.%f")[:-3] if event.time else "-",
+                event.from_state.name.lower() if event.from_state else "-",
+                event.to_state.name.lower(),
+                str(event.attempt),
+                event.agent_id or "-",
+                event.reason or "-",
+            ]
+            for event in events
+        ),
+        empty="no events",
+    )
+    return 0
+
+
 async def cancel_task(arguments: argparse.Namespace, connection: Connection) -> int:
     async with connection.client() as client:
         task = await client.cancel(arguments.task_id, arguments.reason)
@@ -261,6 +298,7 @@ def show_task(task: TaskInfo, *, as_json: bool) -> None:
         ("created", format_time(task.created_at)),
         ("updated", format_time(task.updated_at)),
         ("lease expires", format_time(task.lease_expires_at)),
+        ("not before", format_time(task.not_before)),
         ("payload", compact_json(task.payload)),
     ]
     if task.result is not None:

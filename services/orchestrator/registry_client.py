@@ -13,8 +13,10 @@ from arbiter.v1 import agent_pb2, registry_service_pb2, registry_service_pb2_grp
 from services.orchestrator.domain import AgentProfile
 from shared.errors import ArbiterError, Internal, NotFound, Unavailable
 
-# An agent that drains or is gone takes no new work.
-_STATUSES_WITHOUT_WORK = frozenset({agent_pb2.AGENT_STATUS_DRAINING, agent_pb2.AGENT_STATUS_OFFLINE})
+# An agent that drains, is silent or is gone takes no new work.
+_STATUSES_WITHOUT_WORK = frozenset(
+    {agent_pb2.AGENT_STATUS_DRAINING, agent_pb2.AGENT_STATUS_UNHEALTHY, agent_pb2.AGENT_STATUS_OFFLINE}
+)
 
 
 def _is_unavailable(error: BaseException) -> bool:

@@ -219,8 +219,14 @@ class Orchestrator:
                 refreshed_at = time.monotonic()
                 while not self.sessions.closing:
                     session.wakeup.clear()
-                    for cancellation in session.take_cancellations():
+                    cancellations = session.take_cancellations()
+                    for cancellation in cancellations:
                         yield cancellation
+                    if cancellations:
+                        # An attempt was taken back, perhaps because the agent is OFFLINE: ask the registry
+                        # before claiming, or the released tasks would come straight back to this stream.
+                        session.profile = await self._refreshed(session.profile)
+                        refreshed_at = time.monotonic()
                     if session.profile.accepts_work:
                         async with session.claim_lock:
                             self._raise_if_superseded(session, agent_id)
@@ -241,16 +247,19 @@ class Orchestrator:
             finally:
                 logger.info("agent %s disconnected", agent_id)
                 # Shielded: the stream's own cancellation must not cut the release short.
-                await asyncio.shield(self._stream_closed(agent_id, stream_id))
+                await asyncio.shield(self._stream_closed(agent_id, stream_id, replaced=session.superseded))
 
-    async def _stream_closed(self, agent_id: str, stream_id: str) -> None:
+    async def _stream_closed(self, agent_id: str, stream_id: str, *, replaced: bool) -> None:
         """A closed stream releases what its agent holds at once, for other agents to take, unless a
         newer stream replaced it, the agent is draining (it finishes its tasks, extending their leases),
         or this orchestrator is shutting down (then after the grace period, see `shutdown`)."""
         if self.sessions.closing:
             self._left_at_shutdown.append((agent_id, stream_id))
             return
-        release_reason: str | None = f"agent '{agent_id}''s assignment stream closed"
+        if replaced:
+            # The agent's newer stream here has (or is about to have) its row: never release.
+            return
+        release_reason: str | None = f"the assignment stream of agent '{agent_id}' closed"
         try:
             if (await self._registry.get_agent(agent_id)).draining:
                 release_reason = None

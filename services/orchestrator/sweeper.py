@@ -53,7 +53,7 @@ class Sweeper:
         self._interval_seconds = interval_seconds
         self._retention = retention
         self._last_sweep_at = datetime.now(UTC)
-        self._last_prune = 0.0
+        self._last_prune = float("-inf")  # the first sweep prunes
 
     async def run(self) -> None:
         """Sweeps every interval until cancelled; a failed sweep (e.g. the database is down) is logged

@@ -1,4 +1,5 @@
-"""Both services as real subprocesses, the way they run in production."""
+"""Both services as real subprocesses, the way they run in production; optionally more orchestrators
+sharing the registry and the database, as several instances behind a load balancer."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ class ServiceProcesses:
     registry_port: int = field(default_factory=free_port)
     orchestrator_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Orchestrators other than "orchestrator", by name, each on its own port (see add_orchestrator).
+    extra_orchestrator_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def registry_address(self) -> str:
@@ -39,12 +42,20 @@ class ServiceProcesses:
     def orchestrator_address(self) -> str:
         return f"127.0.0.1:{self.orchestrator_port}"
 
-    def environment(self) -> dict[str, str]:
+    def address_of(self, name: str) -> str:
+        """Where the service `name` listens: "registry", "orchestrator" or an added orchestrator's name."""
+        if name == "registry":
+            return self.registry_address
+        if name == "orchestrator":
+            return self.orchestrator_address
+        return f"127.0.0.1:{self.extra_orchestrator_ports[name]}"
+
+    def environment(self, orchestrator_address: str | None = None) -> dict[str, str]:
         return {
             **os.environ,
             "ARBITER_DATABASE_URL": self.database_url,
             "ARBITER_REGISTRY_ADDR": self.registry_address,
-            "ARBITER_ORCHESTRATOR_ADDR": self.orchestrator_address,
+            "ARBITER_ORCHESTRATOR_ADDR": orchestrator_address or self.orchestrator_address,
             "ARBITER_SERVICE_KEY": self.keys[Role.SERVICE],
             "ARBITER_ASSIGNMENT_POLL_SECONDS": "0.5",
             "ARBITER_SHUTDOWN_GRACE_SECONDS": "1",
@@ -54,24 +65,36 @@ class ServiceProcesses:
         for name in ("registry", "orchestrator"):
             self.start_service(name)
 
+    def add_orchestrator(self, name: str) -> str:
+        """Starts one more orchestrator, `name`, on a free port of its own, sharing the registry and the
+        database; returns its address once it is SERVING. stop_service(name) and start_service(name)
+        stop and restart it."""
+        if name in ("registry", "orchestrator") or name in self.extra_orchestrator_ports:
+            raise ValueError(f"there is already a service named {name!r}")
+        self.extra_orchestrator_ports[name] = free_port()
+        self.start_service(name)
+        return self.address_of(name)
+
     def start_service(self, name: str) -> None:
-        """Starts one service ("registry" or "orchestrator") on its port; returns once it is SERVING."""
-        module, address = {
-            "registry": ("services.registry", self.registry_address),
-            "orchestrator": ("services.orchestrator", self.orchestrator_address),
-        }[name]
+        """Starts one service ("registry", "orchestrator" or an added orchestrator) on its port; returns
+        once it is SERVING."""
+        address = self.address_of(name)
+        module = "services.registry" if name == "registry" else "services.orchestrator"
+        environment = self.environment(None if name == "registry" else address)
         with (self.log_dir / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", module], cwd=REPO_ROOT, env=self.environment(), stdout=log, stderr=log
+                [sys.executable, "-m", module], cwd=REPO_ROOT, env=environment, stdout=log, stderr=log
             )
         self.processes[name] = process
         wait_until_serving(address, process)
 
     def stop(self, kill: bool = False) -> dict[str, int]:
-        """Stops both (SIGTERM, or SIGKILL with kill=True), the orchestrator first; returns their exit codes."""
-        return {
-            name: self.stop_service(name, kill=kill) for name in ("orchestrator", "registry") if name in self.processes
-        }
+        """Stops every running service (SIGTERM, or SIGKILL with kill=True), the orchestrators before the
+        registry; returns their exit codes by name."""
+        names = [name for name in self.processes if name != "registry"]
+        if "registry" in self.processes:
+            names.append("registry")
+        return {name: self.stop_service(name, kill=kill) for name in names}
 
     def stop_service(self, name: str, kill: bool = False) -> int:
         """Stops one service (SIGTERM, or SIGKILL with kill=True); returns its exit code."""

@@ -3,8 +3,10 @@
     python -m tests.support.sdk_agent --registry ADDR --orchestrator ADDR --agent-id ID \
         --concurrency N --events PATH
 
-with the API key in ARBITER_AGENT_KEY. It ends in `agent.run()`, so SIGTERM or SIGINT drains (no new
-work, held tasks finish) and a second signal stops at once. Its handlers:
+with the API key in ARBITER_AGENT_KEY. The orchestrator may be any gRPC target, e.g.
+`ipv4:127.0.0.1:PORT_A,127.0.0.1:PORT_B` for several orchestrators, the first preferred (pick_first).
+It ends in `agent.run()`, so SIGTERM or SIGINT drains (no new work, held tasks finish) and a second
+signal stops at once. Its handlers:
 
     work       payload {"ms": int, "fail_first": bool?, "value": any}: reports progress 0.5 "halfway",
                sleeps ms, returns {"agent": ID, "value": value}; with fail_first, attempt 1 raises
@@ -112,7 +114,9 @@ def build_agent(options: argparse.Namespace, key: str, events: EventLog) -> Agen
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.support.sdk_agent", description=__doc__.split("\n")[0])
     parser.add_argument("--registry", required=True, help="registry HOST:PORT")
-    parser.add_argument("--orchestrator", required=True, help="orchestrator HOST:PORT")
+    parser.add_argument(
+        "--orchestrator", required=True, help="orchestrator HOST:PORT, or ipv4:HOST:PORT,HOST:PORT for several"
+    )
     parser.add_argument("--agent-id", required=True)
     parser.add_argument("--concurrency", type=int, required=True, help="max_concurrent_tasks")
     parser.add_argument("--events", required=True, help="JSON-lines file to append events to")
@@ -140,8 +144,11 @@ WAIT_SECONDS = 20.0
 Found = TypeVar("Found")
 
 
-def start_sdk_agent(services: ServiceProcesses, agent_id: str, concurrency: int, directory: Path) -> AgentProcess:
-    """Starts the agent; its events go to <agent_id>.events.jsonl and its stdout and stderr to <agent_id>.log."""
+def start_sdk_agent(
+    services: ServiceProcesses, agent_id: str, concurrency: int, directory: Path, orchestrator: str | None = None
+) -> AgentProcess:
+    """Starts the agent against `orchestrator` (a gRPC target; services.orchestrator_address if None); its
+    events go to <agent_id>.events.jsonl and its stdout and stderr to <agent_id>.log."""
     from shared.api_keys import Role
 
     events_path = directory / f"{agent_id}.events.jsonl"
@@ -153,7 +160,7 @@ def start_sdk_agent(services: ServiceProcesses, agent_id: str, concurrency: int,
         "--registry",
         services.registry_address,
         "--orchestrator",
-        services.orchestrator_address,
+        orchestrator or services.orchestrator_address,
         "--agent-id",
         agent_id,
         "--concurrency",
