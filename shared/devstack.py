@@ -110,9 +110,9 @@ Arbiter is running.
   API keys      {keys_path}  (one per role)
 
 Try it, in another terminal:
-  source {keys_path}                     # ARBITER_API_KEY and one key per role
-  .venv/bin/arbiter demo                         # agents, a batch of tasks, a summary
-  .venv/bin/python examples/review_agent.py      # a 20-line agent; then examples/submit_reviews.py
+  source {keys_path}   (sets ARBITER_API_KEY and one key per role)
+  .venv/bin/arbiter demo                        a batch of tasks through a few agents, with a summary
+  .venv/bin/python examples/review_agent.py     a 20-line agent; then examples/submit_reviews.py
   .venv/bin/arbiter tasks list
   .venv/bin/grpcurl -plaintext {orchestrator} list
   .venv/bin/grpcurl -plaintext -H "authorization: Bearer $ARBITER_SUBMITTER_KEY" \\

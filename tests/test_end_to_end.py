@@ -159,8 +159,13 @@ def make_run(tmp_path: Path) -> Iterator[MakeRun]:
     run.state_dir.mkdir()
     yield run
     if run.process is not None and run.process.poll() is None:
-        run.process.kill()
-        run.process.wait()
+        # Ctrl-C first: killing make run outright would leave its services (own sessions) running.
+        run.process.send_signal(signal.SIGINT)
+        try:
+            run.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            run.process.kill()
+            run.process.wait()
 
 
 def test_make_run_serves_the_grpcurl_walkthrough_on_embedded_postgres_and_keeps_data(make_run: MakeRun) -> None:

@@ -68,8 +68,14 @@ async def test_an_exception_fails_the_attempt_as_retryable_with_its_type_and_mes
         return {"attempt": task.attempt}
 
     done = await outcome(stack, flaky, max_attempts=3)
-    assert (done.state, done.attempt, done.result) == (TaskState.COMPLETED, 3, {"attempt": 3})
-    assert done.error == "ValueError: transient trouble on attempt 2"
+    assert (done.state, done.attempt, done.result, done.error) == (TaskState.COMPLETED, 3, {"attempt": 3}, "")
+    async with Client(stack.orchestrator_address, stack.keys[Role.VIEWER]) as client:
+        retries = [event for event in await client.history(done.id) if event.to_state == TaskState.PENDING]
+    assert [event.reason for event in retries] == [
+        "submitted",
+        "ValueError: transient trouble on attempt 1",
+        "ValueError: transient trouble on attempt 2",
+    ]
 
 
 async def test_an_exception_on_the_last_attempt_fails_the_task(stack: Stack) -> None:

@@ -235,7 +235,7 @@ class TaskStore:
                 UPDATE tasks t
                 SET state = 'assigned', assigned_agent_id = %(agent_id)s, assigned_at = clock_timestamp(),
                     lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-                    progress = 0, progress_message = '', not_before = NULL, updated_at = now()
+                    progress = 0, progress_message = '', not_before = NULL, error = '', updated_at = now()
                 FROM candidate
                 WHERE t.id = candidate.id
                 RETURNING {_QUALIFIED_TASK_COLUMNS}
