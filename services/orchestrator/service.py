@@ -126,15 +126,15 @@ class Orchestrator:
         checked_id = validation.task_id("task_id", task_id)
         if len(reason) > MAX_CANCEL_REASON_LENGTH:
             raise InvalidArgument("reason", f"is {len(reason)} characters; at most {MAX_CANCEL_REASON_LENGTH}")
-        cancellation = await self._store.cancel(checked_id, reason.strip() or "cancelled by request")
-        if cancellation is None:
+        cancelled = await self._store.cancel(checked_id, reason.strip() or "cancelled by request")
+        if cancelled is None:
             current = await self.get(checked_id)
             raise FailedPrecondition(
                 f"task {checked_id} is already {current.state.name}; only PENDING, ASSIGNED or RUNNING tasks "
                 "can be cancelled"
             )
         # The agent's stream, on whichever orchestrator, hears of it through the table's NOTIFY.
-        return cancellation.task
+        return cancelled
 
     async def watch(self, task_id: str) -> AsyncIterator[TaskRecord]:
         """The task now, then after each change, until it is finished. Changes in quick succession may

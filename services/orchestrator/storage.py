@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -99,12 +98,6 @@ def _record(row: dict[str, Any]) -> TaskRecord:
     )
 
 
-@dataclass(frozen=True)
-class Cancellation:
-    task: TaskRecord
-    released_agent_id: str | None
-
-
 class TaskStore:
     def __init__(self, pool: Pool, lease_seconds: float) -> None:
         self._pool = pool
@@ -187,28 +180,21 @@ class TaskStore:
             rows = await cursor.fetchall()
         return [_record(row) for row in rows]
 
-    async def cancel(self, task_id: str, reason: str) -> Cancellation | None:
-        """cancel_task: moves one unfinished task to CANCELLED and says which agent held it;
-        None when the task is unknown or already finished."""
+    async def cancel(self, task_id: str, reason: str) -> TaskRecord | None:
+        """cancel_task: moves one unfinished task to CANCELLED (a held one keeps its agent, whose stream
+        the trigger's NOTIFY tells); None when the task is unknown or already finished."""
         async with self._pool.connection() as connection:
             cursor = await connection.execute(
                 f"""
-                WITH previous AS (
-                    SELECT id, assigned_agent_id FROM tasks
-                    WHERE id = %(id)s AND state IN ('pending', 'assigned', 'running')
-                    FOR UPDATE
-                )
-                UPDATE tasks t
-                SET state = 'cancelled', error = %(reason)s,
-                    lease_expires_at = NULL, updated_at = now()
-                FROM previous
-                WHERE t.id = previous.id
-                RETURNING {_QUALIFIED_TASK_COLUMNS}, previous.assigned_agent_id AS released_agent_id
+                UPDATE tasks
+                SET state = 'cancelled', error = %(reason)s, lease_expires_at = NULL, updated_at = now()
+                WHERE id = %(id)s AND state IN ('pending', 'assigned', 'running')
+                RETURNING {_TASK_COLUMNS}
                 """,
                 {"id": task_id, "reason": reason},
             )
             row = await cursor.fetchone()
-        return Cancellation(_record(row), row["released_agent_id"]) if row else None
+        return _record(row) if row else None
 
     async def claim(self, agent: AgentProfile) -> list[TaskRecord]:
         """claim_tasks_for_agent: assigns to the agent at most (its concurrency - what it holds) PENDING
