@@ -12,8 +12,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from shared.database import open_pool
 from shared.devstack import wait_until_serving
 from tests.support.processes import REPO_ROOT, free_port
 from tests.support.stack import Stack, create_keys, running_stack
+from tests.support.stack import serving_agent as stack_serving_agent
 
 COMMAND = [sys.executable, "-m", "arbiter.cli"]
 UNREACHABLE = "127.0.0.1:1"
@@ -85,24 +86,8 @@ def table_row(output: str, first_cell: str) -> list[str]:
 Handler = Callable[[Task], Awaitable[Any]]
 
 
-@asynccontextmanager
-async def serving_agent(stack: Stack, handlers: dict[str, Handler]) -> AsyncIterator[Agent]:
-    """An SDK agent in this test's loop with these handlers, drained when the block ends."""
-    agent = Agent(
-        "cli-test-agent",
-        max_concurrent_tasks=4,
-        registry=stack.registry_address,
-        orchestrator=stack.orchestrator_address,
-        api_key=stack.keys[Role.AGENT],
-    )
-    for task_type, handler in handlers.items():
-        agent.handler(task_type)(handler)
-    running = asyncio.create_task(agent.serve())
-    try:
-        yield agent
-    finally:
-        agent.drain()
-        await asyncio.wait_for(running, 30)
+def serving_agent(stack: Stack, handlers: dict[str, Handler]) -> AbstractAsyncContextManager[Agent]:
+    return stack_serving_agent(stack, "cli-test-agent", handlers, max_concurrent_tasks=4)
 
 
 async def succeed(task: Task) -> dict[str, Any]:

@@ -5,8 +5,8 @@ unusable results fail for good with the reason."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
@@ -16,28 +16,14 @@ from arbiter.v1 import agent_pb2
 from arbiter.v1 import orchestrator_service_pb2 as opb
 from arbiter.v1 import registry_service_pb2 as rpb
 from shared.api_keys import Role
-from tests.support.stack import Stack
+from tests.support.stack import Stack, serving_agent
 
 Handler = Callable[[Task], Awaitable[Any]]
 
 
-@asynccontextmanager
-async def serving(stack: Stack, handler: Handler, **agent_options: Any) -> AsyncIterator[Agent]:
+def serving(stack: Stack, handler: Handler) -> AbstractAsyncContextManager[Agent]:
     """An agent for task type 'job' running `handler`, drained when the block ends."""
-    agent = Agent(
-        "outcome-agent",
-        registry=stack.registry_address,
-        orchestrator=stack.orchestrator_address,
-        api_key=stack.keys[Role.AGENT],
-        **agent_options,
-    )
-    agent.handler("job")(handler)
-    running = asyncio.create_task(agent.serve())
-    try:
-        yield agent
-    finally:
-        agent.drain()
-        await asyncio.wait_for(running, 30)
+    return serving_agent(stack, "outcome-agent", {"job": handler})
 
 
 async def outcome(stack: Stack, handler: Handler, payload: dict[str, Any] | None = None, **submit: Any) -> TaskInfo:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
+from arbiter import Agent, Task
 from arbiter.v1 import orchestrator_service_pb2_grpc, registry_service_pb2_grpc
 from services.orchestrator.app import OrchestratorApp, create_orchestrator
 from services.registry.app import RegistryApp, create_registry
@@ -92,3 +95,25 @@ async def running_stack(database_url: str, **overrides: object) -> AsyncIterator
             await channel.close()
         await orchestrator_app.stop(0.5)
         await registry_app.stop(0.5)
+
+
+@asynccontextmanager
+async def serving_agent(
+    stack: Stack, agent_id: str, handlers: dict[str, Callable[[Task], Awaitable[Any]]], **agent_options: Any
+) -> AsyncIterator[Agent]:
+    """An SDK agent in this test's event loop with these handlers (by task type), drained when the block ends."""
+    agent = Agent(
+        agent_id,
+        registry=stack.registry_address,
+        orchestrator=stack.orchestrator_address,
+        api_key=stack.keys[Role.AGENT],
+        **agent_options,
+    )
+    for task_type, handler in handlers.items():
+        agent.handler(task_type)(handler)
+    running = asyncio.create_task(agent.serve())
+    try:
+        yield agent
+    finally:
+        agent.drain()
+        await asyncio.wait_for(running, 30)
