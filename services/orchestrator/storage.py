@@ -103,14 +103,10 @@ class TaskStore:
         self._pool = pool
         self._lease_seconds = lease_seconds
 
-    async def insert(self, task: NewTask) -> Submitted:
-        """insert_task: one new PENDING row, or, when the idempotency key is taken, the existing row.
-        Concurrent inserts with one key wait on the unique index, so only one row is made."""
-        return (await self.insert_many([task]))[0]
-
     async def insert_many(self, tasks: list[NewTask]) -> list[Submitted]:
         """insert_tasks: all rows in one transaction (all or none), in order. A task whose idempotency
-        key is taken, by an earlier submit or earlier in this batch, resolves to the existing row."""
+        key is taken, by an earlier submit or earlier in this batch, resolves to the existing row.
+        Concurrent inserts with one key wait on the unique index, so only one row is made."""
         async with self._pool.connection() as connection, connection.transaction(), connection.cursor() as cursor:
             await cursor.executemany(_INSERT_TASK, [_insert_parameters(task) for task in tasks], returning=True)
             inserted: list[TaskRecord | None] = []
