@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 PROTO_FILES := $(wildcard proto/arbiter/v1/*.proto)
 ROLE ?= submitter
 
-.PHONY: install proto proto-check lint test run migrate keys clean
+.PHONY: install proto proto-check lint test run migrate keys clean bench
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ run: $(INSTALLED) proto
 
 migrate: $(INSTALLED)
 	$(VENV)/bin/arbiter migrate
+
+# Routing one task among 1,000 candidates, per strategy; writes bench/results/routing.json and fails when a
+# strategy's median Router.choose() reaches 1 ms.
+bench: $(INSTALLED)
+	$(PY) -m bench.routing
 
 # make keys ROLE=viewer: creates an API key for the role and prints it once.
 keys: $(INSTALLED)

@@ -6,20 +6,40 @@ The generated protobuf code lives in `arbiter.v1`, for callers who want the raw 
 from arbiter.agent import Agent, Task
 from arbiter.client import Client
 from arbiter.errors import ArbiterError, PermanentError, WaitTimeout
-from arbiter.models import AgentInfo, AgentStatus, TaskCount, TaskEvent, TaskInfo, TaskSpec, TaskState
+from arbiter.models import (
+    AgentInfo,
+    AgentStatus,
+    Candidate,
+    PerformanceWindow,
+    RoutingDecision,
+    RoutingExplanation,
+    ScoredAgent,
+    TaskCount,
+    TaskEvent,
+    TaskInfo,
+    TaskSpec,
+    TaskState,
+    TaskTypePerformance,
+)
 
 __all__ = [
     "Agent",
     "AgentInfo",
     "AgentStatus",
     "ArbiterError",
+    "Candidate",
     "Client",
+    "PerformanceWindow",
     "PermanentError",
+    "RoutingDecision",
+    "RoutingExplanation",
+    "ScoredAgent",
     "Task",
     "TaskCount",
     "TaskEvent",
     "TaskInfo",
     "TaskSpec",
     "TaskState",
+    "TaskTypePerformance",
     "WaitTimeout",
 ]

@@ -5,13 +5,15 @@
     @agent.handler("code-review")
     async def review(task: Task) -> dict:
         await task.report_progress(0.5, "reading the diff")
+        task.quality = 0.9  # optional: how good the result is, 0..1
         return {"verdict": "approve"}
 
     agent.run()
 
 The agent registers with the registry, heartbeats, keeps its assignment stream open (reconnecting
 with backoff when the orchestrator or the network goes away), runs up to `max_concurrent_tasks`
-handlers at once, keeps each attempt's lease alive while its handler runs, and reports the result.
+handlers at once, keeps each attempt's lease alive while its handler runs, and reports the result (with
+`task.quality`, if the handler set it).
 A handler that raises fails the attempt as retryable, unless it raises `PermanentError`. When the
 orchestrator cancels a task, or the attempt is no longer this agent's, the handler's asyncio task is
 cancelled. The first SIGTERM or SIGINT drains (no new work; what is held finishes); a second one stops
@@ -93,7 +95,8 @@ class _Attempt:
 
 
 class Task:
-    """What a handler gets: the task's payload and attempt, and a way to report progress."""
+    """What a handler gets: the task's payload and attempt, a way to report progress, and `quality` to
+    say how good its result is."""
 
     def __init__(self, assignment: opb.Assignment, report_progress: Callable[[float, str], Awaitable[None]]) -> None:
         task = assignment.task
@@ -104,6 +107,20 @@ class Task:
         self.max_attempts: int = task.max_attempts
         self.priority: int = task.priority
         self._report_progress = report_progress
+        self._quality: float | None = None
+
+    @property
+    def quality(self) -> float | None:
+        """How good the result is, 0..1, if the handler can tell: set it before returning and it is sent
+        with the result, feeding the agent's average quality (and so how routing sees it). None, the
+        default, reports no quality. Ignored when the handler raises."""
+        return self._quality
+
+    @quality.setter
+    def quality(self, value: float | None) -> None:
+        if value is not None and not 0.0 <= value <= 1.0:  # also refuses NaN
+            raise ValueError(f"quality must be between 0 and 1, or None; got {value}")
+        self._quality = None if value is None else float(value)
 
     async def report_progress(self, fraction: float, message: str = "") -> None:
         """Records progress (0..1) and extends the lease. If the attempt is no longer this agent's
@@ -417,7 +434,7 @@ class Agent:
                 lease_keeper = asyncio.create_task(self._keep_lease(attempt))
                 await asyncio.wait({attempt.handler_task})
                 lease_keeper.cancel()
-                await self._report_outcome(attempt, attempt.handler_task)
+                await self._report_outcome(attempt, attempt.handler_task, task.quality)
         except Exception:
             logger.exception("task %s attempt %d: reporting the outcome failed", attempt.task_id, attempt.attempt)
         finally:
@@ -428,7 +445,7 @@ class Agent:
             del self._held[(attempt.task_id, attempt.attempt)]
             attempt.done.set()
 
-    async def _report_outcome(self, attempt: _Attempt, handler_task: asyncio.Task[Any]) -> None:
+    async def _report_outcome(self, attempt: _Attempt, handler_task: asyncio.Task[Any], quality: float | None) -> None:
         if attempt.revoked_because:
             return
         if handler_task.cancelled():
@@ -457,11 +474,11 @@ class Agent:
         except (TypeError, ValueError) as not_json:
             await self._fail(attempt, f"the handler's result is not JSON-like: {not_json}", retryable=False)
             return
-        await self._complete(attempt, struct)
+        await self._complete(attempt, struct, quality)
 
-    async def _complete(self, attempt: _Attempt, result: Struct) -> None:
+    async def _complete(self, attempt: _Attempt, result: Struct, quality: float | None) -> None:
         request = opb.CompleteTaskRequest(
-            task_id=attempt.task_id, agent_id=self.id, attempt=attempt.attempt, result=result
+            task_id=attempt.task_id, agent_id=self.id, attempt=attempt.attempt, result=result, quality=quality
         )
         try:
             await self._report(self._orchestrator.CompleteTask, request)

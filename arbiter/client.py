@@ -23,7 +23,17 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 from arbiter import settings
 from arbiter._grpc import TRANSIENT_CODES, key_metadata, open_channel
 from arbiter.errors import ArbiterError, WaitTimeout
-from arbiter.models import AgentInfo, AgentStatus, TaskCount, TaskEvent, TaskInfo, TaskSpec, TaskState
+from arbiter.models import (
+    AgentInfo,
+    AgentStatus,
+    Candidate,
+    RoutingExplanation,
+    TaskCount,
+    TaskEvent,
+    TaskInfo,
+    TaskSpec,
+    TaskState,
+)
 from arbiter.v1 import agent_pb2, task_pb2
 from arbiter.v1 import orchestrator_service_pb2 as opb
 from arbiter.v1 import orchestrator_service_pb2_grpc as opb_grpc
@@ -202,6 +212,14 @@ class Client:
         )
         return [TaskEvent.from_pb(event) for event in response.events]
 
+    async def explain_routing(self, task_id: str) -> RoutingExplanation:
+        """Why the task went where it went: every attempt's routing decision (agent, strategy, score,
+        alternatives), and while it is PENDING why it waits and how the agents that could take it score now."""
+        response = await self._orchestrator_call(
+            self._orchestrator.ExplainRouting, opb.ExplainRoutingRequest(task_id=task_id)
+        )
+        return RoutingExplanation.from_pb(response)
+
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskInfo:
         """The task once it is COMPLETED, FAILED or CANCELLED; `WaitTimeout` after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -245,6 +263,34 @@ class Client:
             return [AgentInfo.from_pb(agent) for agent in response.agents], response.next_page_token
 
         return await _collect_pages(page, limit)
+
+    async def find_candidates(
+        self,
+        task_type: str,
+        *,
+        languages: Iterable[str] = (),
+        specializations: Iterable[str] = (),
+        labels: dict[str, str] | None = None,
+        max_utilization: float | None = None,
+        min_success_rate: float = 0.0,
+        limit: int = 10,
+    ) -> list[Candidate]:
+        """The ONLINE and BUSY agents that could take a task with these requirements now, best first (by
+        success rate on the task type, then match score), each with its score and why. `max_utilization`
+        (0..1, None for any) and `min_success_rate` (0..1) narrow them; `limit` is 1..500."""
+        address, registry = self._registry_stub()
+        request = rpb.FindCandidatesRequest(
+            task_type=task_type,
+            languages=list(languages),
+            specializations=list(specializations),
+            labels=dict(labels or {}),
+            min_success_rate=min_success_rate,
+            limit=limit,
+        )
+        if max_utilization is not None:
+            request.max_utilization = max_utilization
+        response = await self._call(address, registry.FindCandidates, request)
+        return [Candidate.from_pb(candidate) for candidate in response.candidates]
 
 
 Item = TypeVar("Item")

@@ -10,7 +10,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from arbiter.v1 import agent_pb2, orchestrator_service_pb2, task_pb2
+from arbiter.v1 import agent_pb2, orchestrator_service_pb2, registry_service_pb2, task_pb2
 
 
 class TaskState(Enum):
@@ -52,6 +52,62 @@ def struct_to_dict(message: Any) -> dict[str, Any]:
     return json_format.MessageToDict(message)
 
 
+def strategy_name(strategy: int) -> str:
+    """A routing strategy as ARBITER_ROUTING_STRATEGY spells it, e.g. `ucb`; empty when unspecified."""
+    if strategy == task_pb2.ROUTING_STRATEGY_UNSPECIFIED:
+        return ""
+    return task_pb2.RoutingStrategy.Name(strategy).removeprefix("ROUTING_STRATEGY_").lower()
+
+
+@dataclass(frozen=True)
+class ScoredAgent:
+    """One agent a routing decision weighed, with its score under the strategy and why."""
+
+    agent_id: str
+    score: float
+    # e.g. "success 0.92 over 40 tasks + exploration 0.17, 25% utilized".
+    reason: str
+
+    @classmethod
+    def from_pb(cls, scored: task_pb2.ScoredAgent) -> ScoredAgent:
+        return cls(agent_id=scored.agent_id, score=scored.score, reason=scored.reason)
+
+
+@dataclass(frozen=True)
+class RoutingDecision:
+    """Why one attempt of a task went to the agent it went to."""
+
+    attempt: int
+    agent_id: str
+    # `capability`, `least_loaded`, `epsilon_greedy` or `ucb`.
+    strategy: str
+    # 0..1: ucb and epsilon_greedy: the agent's success rate on the task type; capability: its match
+    # score; least_loaded: its free share of slots.
+    confidence: float
+    # The chosen agent's score under the strategy.
+    score: float
+    # The pick was exploration (epsilon_greedy's random pick, ucb's exploration or new-agent bonus).
+    explored: bool
+    reason: str
+    # The other capable agents with a free slot, best first (at most 5).
+    alternatives: list[ScoredAgent]
+    decided_at: datetime | None
+
+    @classmethod
+    def from_pb(cls, decision: task_pb2.RoutingDecision) -> RoutingDecision:
+        return cls(
+            attempt=decision.attempt,
+            agent_id=decision.agent_id,
+            strategy=strategy_name(decision.strategy),
+            confidence=decision.confidence,
+            score=decision.score,
+            explored=decision.explored,
+            reason=decision.reason,
+            alternatives=[ScoredAgent.from_pb(scored) for scored in decision.alternatives],
+            decided_at=optional_time(decision.decided_at, decision.HasField("decided_at")),
+        )
+
+
 @dataclass(frozen=True)
 class TaskInfo:
     """A task as the orchestrator last reported it."""
@@ -79,6 +135,11 @@ class TaskInfo:
     languages: list[str] = field(default_factory=list)
     specializations: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
+    # How the current (or last) attempt was routed; None before the first assignment.
+    routing: RoutingDecision | None = None
+    # While PENDING: why it is still waiting, e.g. "no ONLINE agent offers task type 'code-review' with
+    # language 'rust'"; empty otherwise.
+    pending_reason: str = ""
     # False when submit found an earlier task under the same idempotency key.
     created: bool = True
 
@@ -109,6 +170,8 @@ class TaskInfo:
             languages=list(task.requirements.languages),
             specializations=list(task.requirements.specializations),
             labels=dict(task.requirements.labels),
+            routing=RoutingDecision.from_pb(task.routing) if task.HasField("routing") else None,
+            pending_reason=task.pending_reason,
             created=created,
         )
 
@@ -156,8 +219,54 @@ def _timedelta(value: timedelta | float) -> timedelta:
 
 
 @dataclass(frozen=True)
+class TaskTypePerformance:
+    """An agent's track record on one task type. Rates start from priors (README, "Routing"): with no
+    outcomes the success rate and quality read 0.7."""
+
+    task_type: str
+    success_rate: float
+    average_quality: float
+    average_latency_ms: float
+    task_count: int
+
+    @classmethod
+    def from_pb(cls, performance: agent_pb2.TaskTypePerformance) -> TaskTypePerformance:
+        return cls(
+            task_type=performance.task_type,
+            success_rate=performance.success_rate,
+            average_quality=performance.average_quality,
+            average_latency_ms=performance.average_latency_ms,
+            task_count=performance.task_count,
+        )
+
+
+@dataclass(frozen=True)
+class PerformanceWindow:
+    """An agent's record over the last `length` (5 minutes, 1 hour, 24 hours): raw figures, no prior;
+    the rates are 0 when the window holds no outcome."""
+
+    length: timedelta
+    task_count: int
+    success_rate: float
+    average_latency_ms: float
+    # Over the outcomes that reported a quality; 0 when none did.
+    average_quality: float
+
+    @classmethod
+    def from_pb(cls, window: agent_pb2.PerformanceWindow) -> PerformanceWindow:
+        return cls(
+            length=window.length.ToTimedelta(),
+            task_count=window.task_count,
+            success_rate=window.success_rate,
+            average_latency_ms=window.average_latency_ms,
+            average_quality=window.average_quality,
+        )
+
+
+@dataclass(frozen=True)
 class AgentInfo:
-    """An agent as the registry sees it."""
+    """An agent as the registry sees it, with its track record over every task type (success rate and
+    quality start from priors; README, "Routing")."""
 
     id: str
     name: str
@@ -174,10 +283,26 @@ class AgentInfo:
     task_count: int
     registered_at: datetime | None
     last_heartbeat_at: datetime | None
+    # Over the outcomes that reported a quality; the prior (0.7) while there are none.
+    average_quality: float = 0.0
+    # 0 until the first outcome.
+    average_latency_ms: float = 0.0
+    # Every task type the agent offers or has done, by task type.
+    by_task_type: list[TaskTypePerformance] = field(default_factory=list)
+    # The last 5 minutes, hour and 24 hours, shortest first.
+    windows: list[PerformanceWindow] = field(default_factory=list)
+    # The last 5 minutes are much worse than the agent's 24 h baseline; `degraded_reason` says how.
+    degraded: bool = False
+    degraded_reason: str = ""
+
+    def performance_on(self, task_type: str) -> TaskTypePerformance | None:
+        """The agent's record on one task type; None for a type it neither offers nor has done."""
+        return next((performance for performance in self.by_task_type if performance.task_type == task_type), None)
 
     @classmethod
     def from_pb(cls, agent: agent_pb2.Agent) -> AgentInfo:
         capabilities = agent.capabilities
+        performance = agent.performance
         return cls(
             id=agent.id,
             name=agent.name,
@@ -190,10 +315,62 @@ class AgentInfo:
             max_concurrent_tasks=agent.max_concurrent_tasks,
             active_tasks=agent.load.active_tasks,
             utilization=agent.load.utilization,
-            success_rate=agent.performance.success_rate,
-            task_count=agent.performance.task_count,
+            success_rate=performance.success_rate,
+            task_count=performance.task_count,
             registered_at=optional_time(agent.registered_at, agent.HasField("registered_at")),
             last_heartbeat_at=optional_time(agent.last_heartbeat_at, agent.HasField("last_heartbeat_at")),
+            average_quality=performance.average_quality,
+            average_latency_ms=performance.average_latency_ms,
+            by_task_type=[TaskTypePerformance.from_pb(each) for each in performance.by_task_type],
+            windows=[PerformanceWindow.from_pb(window) for window in performance.windows],
+            degraded=performance.degraded,
+            degraded_reason=performance.degraded_reason,
+        )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An agent that could take a task with the asked requirements now (`Client.find_candidates`)."""
+
+    agent: AgentInfo
+    # 0..1: 0.25 x language fit + 0.25 x specialization fit + 0.5 x success rate on the task type.
+    score: float
+    # On the task type, with the prior.
+    success_rate: float
+    # e.g. "offers code-review with python; success 0.92 over 40 code-review tasks; 25% utilized; match 0.87".
+    reason: str
+
+    @classmethod
+    def from_pb(cls, candidate: registry_service_pb2.Candidate) -> Candidate:
+        return cls(
+            agent=AgentInfo.from_pb(candidate.agent),
+            score=candidate.score,
+            success_rate=candidate.success_rate,
+            reason=candidate.reason,
+        )
+
+
+@dataclass(frozen=True)
+class RoutingExplanation:
+    """Why a task went where it went (`Client.explain_routing`)."""
+
+    # With its current `routing` and, while PENDING, its `pending_reason`.
+    task: TaskInfo
+    # One per attempt that was assigned, oldest first.
+    decisions: list[RoutingDecision]
+    # The answering orchestrator's strategy, e.g. `ucb`.
+    strategy: str
+    # While PENDING: every registered agent that could take it, scored as the strategy would score it
+    # now, best first; one that takes no work now scores 0 and says why. Empty otherwise.
+    candidates: list[ScoredAgent]
+
+    @classmethod
+    def from_pb(cls, response: orchestrator_service_pb2.ExplainRoutingResponse) -> RoutingExplanation:
+        return cls(
+            task=TaskInfo.from_pb(response.task),
+            decisions=[RoutingDecision.from_pb(decision) for decision in response.decisions],
+            strategy=strategy_name(response.strategy),
+            candidates=[ScoredAgent.from_pb(scored) for scored in response.candidates],
         )
 
 

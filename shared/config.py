@@ -50,6 +50,40 @@ def _text(value: str) -> str:
     return value
 
 
+def _fraction(value: str) -> float:
+    number = float(value)
+    if not 0 <= number <= 1:
+        raise ValueError("expected a number from 0 to 1")
+    return number
+
+
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise ValueError("expected a number of 0 or more")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("expected a whole number of 0 or more")
+    return number
+
+
+ROUTING_STRATEGIES = ("capability", "least_loaded", "epsilon_greedy", "ucb")
+
+
+def _routing_strategy(value: str) -> str:
+    if value.lower() not in ROUTING_STRATEGIES:
+        raise ValueError(f"expected one of {', '.join(ROUTING_STRATEGIES)}")
+    return value.lower()
+
+
+def _seed(value: str) -> int:
+    return int(value)
+
+
 @dataclass(frozen=True)
 class Setting:
     env: str
@@ -165,6 +199,79 @@ SETTINGS: tuple[Setting, ...] = (
         "The key the `arbiter` command sends (`--key` overrides it); the services ignore it. "
         "`make run` writes the admin key here in .arbiter/dev-keys.env.",
     ),
+    Setting(
+        "ARBITER_ROUTING_STRATEGY",
+        "routing_strategy",
+        "ucb",
+        _routing_strategy,
+        "How the orchestrator picks among capable agents with a free slot: `capability`, `least_loaded`, "
+        "`epsilon_greedy` or `ucb` (README, Routing).",
+    ),
+    Setting(
+        "ARBITER_ROUTING_SEED",
+        "routing_seed",
+        None,
+        _seed,
+        "Seed for epsilon_greedy's random choices (tests, reproducing a run); unset means random.",
+    ),
+    Setting(
+        "ARBITER_EPSILON_START",
+        "epsilon_start",
+        "0.1",
+        _fraction,
+        "epsilon_greedy: the exploration probability before any outcome of the task type is known.",
+    ),
+    Setting(
+        "ARBITER_EPSILON_DECAY",
+        "epsilon_decay",
+        "0.995",
+        _fraction,
+        "epsilon_greedy: epsilon is multiplied by this for every outcome of the task type recorded.",
+    ),
+    Setting(
+        "ARBITER_EPSILON_MIN",
+        "epsilon_min",
+        "0.01",
+        _fraction,
+        "epsilon_greedy: the floor epsilon decays to.",
+    ),
+    Setting(
+        "ARBITER_UCB_EXPLORATION",
+        "ucb_exploration",
+        "1.0",
+        _non_negative_float,
+        "ucb: c in success rate + c·√(ln(t+1)/(n+1)).",
+    ),
+    Setting(
+        "ARBITER_ROUTING_MIN_SAMPLES",
+        "routing_min_samples",
+        "5",
+        _non_negative_int,
+        "ucb: an agent with fewer outcomes than this on the task type gets the new-agent bonus.",
+    ),
+    Setting(
+        "ARBITER_UCB_NEW_AGENT_BONUS",
+        "ucb_new_agent_bonus",
+        "1.0",
+        _non_negative_float,
+        "ucb: added to the score of an agent below ARBITER_ROUTING_MIN_SAMPLES, so new agents are tried.",
+    ),
+    Setting(
+        "ARBITER_ROUTING_LOAD_WEIGHT",
+        "routing_load_weight",
+        "0.1",
+        _non_negative_float,
+        "ucb, epsilon_greedy and capability: subtracted from a score per unit of utilization, so of two "
+        "equal agents the less loaded one wins.",
+    ),
+    Setting(
+        "ARBITER_DEGRADATION_MIN_OUTCOMES",
+        "degradation_min_outcomes",
+        "5",
+        _positive_int,
+        "The registry flags an agent as degraded only with at least this many outcomes in the last 5 "
+        "minutes and in its 24 h baseline.",
+    ),
     Setting("ARBITER_LOG_LEVEL", "log_level", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR."),
     Setting(
         "ARBITER_STATE_DIR",
@@ -195,6 +302,16 @@ class Config:
     auth_cache_seconds: float
     shutdown_grace_seconds: float
     api_key: str | None
+    routing_strategy: str
+    routing_seed: int | None
+    epsilon_start: float
+    epsilon_decay: float
+    epsilon_min: float
+    ucb_exploration: float
+    routing_min_samples: int
+    ucb_new_agent_bonus: float
+    routing_load_weight: float
+    degradation_min_outcomes: int
     log_level: str
     state_dir: str
 

@@ -17,6 +17,11 @@ REGISTRY_ROLES: dict[str, frozenset[Role]] = {
     "GetAgent": frozenset({ADMIN, SERVICE, SUBMITTER, AGENT, VIEWER}),
     "ListAgents": frozenset({ADMIN, SERVICE, SUBMITTER, AGENT, VIEWER}),
     "DeregisterAgent": frozenset({ADMIN, AGENT}),
+    "FindCandidates": frozenset({ADMIN, SERVICE, SUBMITTER, AGENT, VIEWER}),
+    # Track records are written only by the orchestrators (their service key) and admins.
+    "RecordOutcome": frozenset({ADMIN, SERVICE}),
+    "RecordOutcomes": frozenset({ADMIN, SERVICE}),
+    "WatchAgents": frozenset({ADMIN, SERVICE, VIEWER}),
 }
 
 ORCHESTRATOR_ROLES: dict[str, frozenset[Role]] = {
@@ -32,6 +37,7 @@ ORCHESTRATOR_ROLES: dict[str, frozenset[Role]] = {
     "ReportProgress": frozenset({ADMIN, AGENT}),
     "CompleteTask": frozenset({ADMIN, AGENT}),
     "FailTask": frozenset({ADMIN, AGENT}),
+    "ExplainRouting": frozenset({ADMIN, SERVICE, SUBMITTER, AGENT, VIEWER}),
 }
 
 

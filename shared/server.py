@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -33,6 +33,9 @@ SERVER_OPTIONS: Sequence[tuple[str, int]] = (
 )
 
 
+CANCEL_RETRY_SECONDS = 0.1
+
+
 class AddressInUse(Exception):
     pass
 
@@ -46,14 +49,23 @@ class RunningServer:
 
     async def stop_serving_health(self) -> None:
         """NOT_SERVING from now on (load balancers stop sending new work), while calls still run."""
-        self.health_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.health_task
+        await cancel_and_wait([self.health_task])
         await self.health.enter_graceful_shutdown()
 
     async def stop(self, grace: float) -> None:
         await self.stop_serving_health()
         await self.server.stop(grace)
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancels the tasks and waits until they have ended. Cancelling again until they do: in Python
+    3.11 a cancellation that lands while `asyncio.wait_for` (inside psycopg's pool, for one) is finishing
+    can be lost, and the task would run on."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=CANCEL_RETRY_SECONDS)
 
 
 async def _track_database_health(pool: Pool, servicer: health.aio.HealthServicer, service_names: Sequence[str]) -> None:

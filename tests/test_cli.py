@@ -19,11 +19,12 @@ from typing import Any
 
 import pytest
 
-from arbiter import Agent, Client, PermanentError, Task, TaskState
+from arbiter import Agent, AgentInfo, Client, PermanentError, Task, TaskInfo, TaskState
 from shared.api_keys import Role, find_role, hash_secret
 from shared.database import open_pool
 from shared.devstack import wait_until_serving
 from tests.support.processes import REPO_ROOT, free_port
+from tests.support.sdk_agent import wait_for
 from tests.support.stack import Stack, create_keys, running_stack
 from tests.support.stack import serving_agent as stack_serving_agent
 
@@ -330,6 +331,146 @@ async def test_agents_list_and_show_describe_a_serving_agent(stack: Stack, datab
 
     unknown = await arbiter(variables, "agents", "show", "no-such-agent")
     assert_one_line_error(unknown, 1, "arbiter: NOT_FOUND: ")
+
+
+async def test_agents_show_includes_the_track_record_by_task_type_and_window(stack: Stack, database_url: str) -> None:
+    async def rated(task: Task) -> dict[str, Any]:
+        task.quality = 0.9
+        return {}
+
+    async with serving_agent(stack, {"echo": rated}), submitter(stack) as client:
+        await client.wait((await client.submit("echo")).id, timeout=CALL_TIMEOUT_SECONDS)
+
+        async def recorded() -> AgentInfo | None:
+            agent = await client.get_agent("cli-test-agent")
+            return agent if agent.task_count == 1 else None
+
+        await wait_for(recorded, "the outcome in the agent's record", timeout=CALL_TIMEOUT_SECONDS)
+    shown = succeeded(await arbiter(stack_environment(stack, database_url), "agents", "show", "cli-test-agent"))
+    # With the priors: success (1 + 0.7) / 2, quality (0.9 + 0.7) / 2.
+    assert table_row(shown, "on")[1:7] == ["echo", "success", "85%", "of", "1", "task,"]
+    assert "quality 0.80" in " ".join(table_row(shown, "on"))
+    assert table_row(shown, "degraded") == ["degraded", "no"]
+    # Windows are raw: the one task, with its own quality.
+    windows = [" ".join(line.split()[:9]) for line in shown.splitlines() if line.startswith("last 5 min")]
+    assert windows == ["last 5 min 1 task, success 100%, quality 0.90,"]
+
+
+async def test_agents_find_lists_the_capable_agents_with_score_and_reason(stack: Stack, database_url: str) -> None:
+    variables = stack_environment(stack, database_url)
+    async with serving_agent(stack, {"echo": succeed}), submitter(stack) as client:
+        await wait_for(
+            lambda: client.find_candidates("echo"), "the agent among the candidates", timeout=CALL_TIMEOUT_SECONDS
+        )
+        as_json, table, nobody = await asyncio.gather(
+            arbiter(variables, "agents", "find", "--task-type", "echo", "--json"),
+            arbiter(
+                variables,
+                *("agents", "find", "--task-type", "echo", "--min-success-rate", "0.5", "--max-utilization", "1"),
+            ),
+            arbiter(variables, "agents", "find", "--task-type", "echo", "--language", "rust", "--limit", "3"),
+        )
+    [candidate] = json.loads(succeeded(as_json))
+    assert candidate["agent"]["id"] == "cli-test-agent"
+    # Nothing asked of languages or specializations: fit 1 each; success rate the prior, 0.7.
+    assert candidate["score"] == pytest.approx(0.25 + 0.25 + 0.5 * 0.7)
+    assert candidate["success_rate"] == pytest.approx(0.7)
+    assert candidate["reason"].startswith("offers echo;")
+    assert table_row(succeeded(table), "cli-test-agent")[1:4] == ["online", "0.85", "0.70"]
+    assert succeeded(nobody) == ""
+    assert nobody.stderr.strip() == "no ONLINE or BUSY agent can take such a 'echo' task"
+
+
+async def test_agents_find_needs_a_task_type_and_fractions_from_0_to_1() -> None:
+    variables = environment(ARBITER_API_KEY="arb_unused", ARBITER_REGISTRY_ADDR=UNREACHABLE)
+    no_type, too_busy = await asyncio.gather(
+        arbiter(variables, "agents", "find"),
+        arbiter(variables, "agents", "find", "--task-type", "echo", "--max-utilization", "2"),
+    )
+    assert no_type.returncode == 2
+    assert "the following arguments are required: --task-type" in no_type.stderr
+    assert too_busy.returncode == 2
+    assert "expected a number from 0 to 1; got 2" in too_busy.stderr
+
+
+# Routing.
+
+
+async def test_tasks_explain_shows_each_routing_decision_and_get_shows_the_routing(
+    stack: Stack, database_url: str
+) -> None:
+    async with serving_agent(stack, {"echo": succeed}), submitter(stack) as client:
+        task = await client.wait((await client.submit("echo")).id, timeout=CALL_TIMEOUT_SECONDS)
+    variables = stack_environment(stack, database_url)
+    as_json, table, shown = await asyncio.gather(
+        arbiter(variables, "tasks", "explain", task.id, "--json"),
+        arbiter(variables, "tasks", "explain", task.id),
+        arbiter(variables, "tasks", "get", task.id),
+    )
+    explanation = json.loads(succeeded(as_json))
+    assert explanation["strategy"] == "ucb"
+    [decision] = explanation["decisions"]
+    # The only agent, new: ucb's new-agent bonus makes it exploration.
+    assert (decision["attempt"], decision["agent_id"], decision["strategy"], decision["explored"]) == (
+        1,
+        "cli-test-agent",
+        "ucb",
+        True,
+    )
+    assert decision["reason"].startswith("highest UCB score")
+    assert explanation["task"]["routing"] == decision
+    assert explanation["candidates"] == []
+
+    output = succeeded(table)
+    assert table_row(output, "ATTEMPT") == [
+        *("ATTEMPT", "AGENT", "STRATEGY", "CONFIDENCE", "SCORE", "EXPLORED", "DECIDED", "REASON")
+    ]
+    row = table_row(output, "1")
+    assert row[1:4] + row[5:6] == ["cli-test-agent", "ucb", "0.70", "yes"]
+    assert table_row(output, "strategy")[1] == "ucb"
+    assert table_row(succeeded(shown), "routing")[1:7] == ["attempt", "1", "to", "cli-test-agent", "by", "ucb"]
+
+
+async def test_tasks_explain_of_a_waiting_task_says_why_and_scores_the_candidates(
+    stack: Stack, database_url: str
+) -> None:
+    release = asyncio.Event()
+
+    async def hold(task: Task) -> dict[str, Any]:
+        await release.wait()
+        return {}
+
+    variables = stack_environment(stack, database_url)
+    async with (
+        stack_serving_agent(stack, "one-slot-agent", {"hold": hold}, max_concurrent_tasks=1),
+        submitter(stack) as client,
+    ):
+        first = await client.submit("hold")
+        waiting = await client.submit("hold")
+
+        async def first_held_and_second_waiting() -> TaskInfo | None:
+            held, pending = await client.get(first.id), await client.get(waiting.id)
+            ready = held.state in (TaskState.ASSIGNED, TaskState.RUNNING) and pending.pending_reason
+            return pending if ready else None
+
+        pending = await wait_for(
+            first_held_and_second_waiting, "one task held, the other waiting", timeout=CALL_TIMEOUT_SECONDS
+        )
+        as_json, table = await asyncio.gather(
+            arbiter(variables, "tasks", "explain", waiting.id, "--json"),
+            arbiter(variables, "tasks", "explain", waiting.id),
+        )
+        release.set()
+    explanation = json.loads(succeeded(as_json))
+    assert explanation["task"]["state"] == "pending"
+    assert explanation["task"]["pending_reason"] == pending.pending_reason
+    assert explanation["decisions"] == []
+    assert [candidate["agent_id"] for candidate in explanation["candidates"]] == ["one-slot-agent"]
+
+    output = succeeded(table)
+    assert table_row(output, "waiting")[1:] == pending.pending_reason.split()
+    assert table_row(output, "one-slot-agent")[0] == "one-slot-agent"
+    assert "no routing decisions yet" in table.stderr
 
 
 # Keys, on the database directly.

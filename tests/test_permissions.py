@@ -85,7 +85,19 @@ PROBES: dict[str, Probe] = {
         lambda: opb.FailTaskRequest(task_id=UNKNOWN_TASK_ID, agent_id=UNKNOWN_AGENT_ID, attempt=1, error="boom"),
         NOT_FOUND,
     ),
+    "ExplainRouting": Probe(lambda: opb.ExplainRoutingRequest(task_id=UNKNOWN_TASK_ID), NOT_FOUND),
     # RegistryService.
+    "FindCandidates": Probe(lambda: rpb.FindCandidatesRequest(task_type="echo"), OK),
+    "RecordOutcome": Probe(
+        lambda: rpb.RecordOutcomeRequest(agent_id=UNKNOWN_AGENT_ID, task_type="echo", success=True), NOT_FOUND
+    ),
+    "RecordOutcomes": Probe(
+        lambda: rpb.RecordOutcomesRequest(
+            outcomes=[rpb.RecordOutcomeRequest(agent_id=UNKNOWN_AGENT_ID, task_type="echo", success=True)]
+        ),
+        OK,
+    ),
+    "WatchAgents": Probe(lambda: rpb.WatchAgentsRequest(), OK),
     "RegisterAgent": Probe(
         lambda: rpb.RegisterAgentRequest(
             agent=agent_pb2.Agent(id="agent-1", capabilities=agent_pb2.AgentCapabilities(task_types=["echo"]))

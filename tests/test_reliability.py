@@ -24,9 +24,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from arbiter.v1 import agent_pb2, orchestrator_service_pb2_grpc, task_pb2
 from arbiter.v1 import orchestrator_service_pb2 as opb
 from arbiter.v1 import registry_service_pb2 as rpb
+from services.orchestrator.agent_directory import AgentDirectory
 from services.orchestrator.app import OrchestratorApp, create_orchestrator
 from services.orchestrator.registry_client import RegistryClient
-from services.orchestrator.sessions import AgentSessions
 from services.orchestrator.storage import TaskStore
 from services.orchestrator.sweeper import Sweeper
 from shared.api_keys import Role
@@ -764,10 +764,12 @@ async def test_a_sweep_deletes_finished_tasks_older_than_the_retention_with_thei
         )
 
         app = api.stack.orchestrator_app
+        registry = RegistryClient(app.registry_channel, api.stack.keys[Role.SERVICE])
         sweeper = Sweeper(
             TaskStore(app.pool, lease_seconds=30),
-            RegistryClient(app.registry_channel, api.stack.keys[Role.SERVICE]),
-            AgentSessions(),
+            registry,
+            AgentDirectory(registry),
+            lambda: None,
             interval_seconds=60,
             retention=timedelta(days=7),
         )

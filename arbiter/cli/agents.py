@@ -1,27 +1,42 @@
-"""`arbiter agents`: list and show the agents the registry knows."""
+"""`arbiter agents`: list and show the agents the registry knows, and find those that could take a task."""
 
 from __future__ import annotations
 
 import argparse
 
-from arbiter.cli.options import Connection, Subcommands, calls_services, positive_int, service_options
+from arbiter.cli.options import (
+    Connection,
+    Subcommands,
+    add_requirement_options,
+    calls_services,
+    fraction,
+    positive_int,
+    service_options,
+)
 from arbiter.cli.output import (
     format_age,
     format_labels,
     format_list,
+    format_milliseconds,
     format_percent,
+    format_score,
     format_time,
+    format_window,
     print_fields,
     print_json,
     print_table,
 )
-from arbiter.models import AgentInfo, AgentStatus
+from arbiter.models import AgentInfo, AgentStatus, PerformanceWindow, TaskTypePerformance
 
 STATUS_NAMES = [status.name.lower() for status in AgentStatus if status != AgentStatus.UNKNOWN]
 
 
 def add_commands(commands: Subcommands) -> None:
-    agents = commands.add_parser("agents", help="list and show agents", description="List and show agents.")
+    agents = commands.add_parser(
+        "agents",
+        help="list, show and find agents",
+        description="List and show agents, and find those that could take a task.",
+    )
     agent_commands = agents.add_subparsers(dest="agents_command", required=True, title="commands", metavar="COMMAND")
 
     listing = agent_commands.add_parser("list", parents=[service_options()], help="list agents")
@@ -33,6 +48,30 @@ def add_commands(commands: Subcommands) -> None:
     show = agent_commands.add_parser("show", parents=[service_options()], help="show one agent")
     show.add_argument("agent_id", metavar="ID")
     show.set_defaults(run=calls_services(show_agent))
+
+    find = agent_commands.add_parser(
+        "find",
+        parents=[service_options()],
+        help="agents that could take a task now, best first",
+        description="The ONLINE and BUSY agents that could take a task with these requirements now, best "
+        "first (success rate on the task type, then match score), each with its score and why.",
+    )
+    find.add_argument("--task-type", required=True, metavar="T", help="the task type (required)")
+    add_requirement_options(find)
+    find.add_argument(
+        "--max-utilization", type=fraction, metavar="X", help="only agents at most this busy, 0..1 (default: any)"
+    )
+    find.add_argument(
+        "--min-success-rate",
+        type=fraction,
+        default=0.0,
+        metavar="Y",
+        help="only agents with at least this success rate on the task type, 0..1 (default: 0)",
+    )
+    find.add_argument(
+        "--limit", type=positive_int, default=10, metavar="N", help="at most N agents, up to 500 (default: 10)"
+    )
+    find.set_defaults(run=calls_services(find_agents))
 
 
 async def list_agents(arguments: argparse.Namespace, connection: Connection) -> int:
@@ -72,6 +111,38 @@ async def show_agent(arguments: argparse.Namespace, connection: Connection) -> i
     return 0
 
 
+async def find_agents(arguments: argparse.Namespace, connection: Connection) -> int:
+    async with connection.client() as client:
+        candidates = await client.find_candidates(
+            arguments.task_type,
+            languages=arguments.languages,
+            specializations=arguments.specializations,
+            labels=dict(arguments.labels),
+            max_utilization=arguments.max_utilization,
+            min_success_rate=arguments.min_success_rate,
+            limit=arguments.limit,
+        )
+    if arguments.json:
+        print_json(candidates)
+        return 0
+    print_table(
+        ["ID", "STATUS", "SCORE", "SUCCESS", "ACTIVE", "REASON"],
+        (
+            [
+                candidate.agent.id,
+                candidate.agent.status.name.lower(),
+                format_score(candidate.score),
+                format_score(candidate.success_rate),
+                f"{candidate.agent.active_tasks}/{candidate.agent.max_concurrent_tasks}",
+                candidate.reason,
+            ]
+            for candidate in candidates
+        ),
+        empty=f"no ONLINE or BUSY agent can take such a '{arguments.task_type}' task",
+    )
+    return 0
+
+
 def agent_fields(agent: AgentInfo) -> list[tuple[str, str]]:
     return [
         ("id", agent.id),
@@ -87,6 +158,38 @@ def agent_fields(agent: AgentInfo) -> list[tuple[str, str]]:
             "success rate",
             f"{format_percent(agent.success_rate)} of {agent.task_count} tasks" if agent.task_count else "-",
         ),
+        ("average quality", format_score(agent.average_quality) if agent.task_count else "-"),
+        ("average latency", format_milliseconds(agent.average_latency_ms) if agent.task_count else "-"),
+        ("degraded", f"yes: {agent.degraded_reason}" if agent.degraded else "no"),
+        *((f"on {performance.task_type}", task_type_record(performance)) for performance in agent.by_task_type),
+        *((f"last {format_window(window.length)}", window_record(window)) for window in agent.windows),
         ("registered", format_time(agent.registered_at)),
         ("last heartbeat", f"{format_time(agent.last_heartbeat_at)} ({format_age(agent.last_heartbeat_at)})"),
     ]
+
+
+def task_type_record(performance: TaskTypePerformance) -> str:
+    """`success 75% of 4 tasks, quality 0.80, latency 120ms`; with no task yet, the priors it starts from."""
+    if not performance.task_count:
+        return (
+            f"no tasks yet (starts at success {format_percent(performance.success_rate)}, "
+            f"quality {format_score(performance.average_quality)})"
+        )
+    tasks = "task" if performance.task_count == 1 else "tasks"
+    return (
+        f"success {format_percent(performance.success_rate)} of {performance.task_count} {tasks}, "
+        f"quality {format_score(performance.average_quality)}, "
+        f"latency {format_milliseconds(performance.average_latency_ms)}"
+    )
+
+
+def window_record(window: PerformanceWindow) -> str:
+    """`4 tasks, success 75%, quality 0.90, latency 120ms` (raw, no prior); `no tasks` when empty."""
+    if not window.task_count:
+        return "no tasks"
+    tasks = "task" if window.task_count == 1 else "tasks"
+    quality = format_score(window.average_quality) if window.average_quality else "-"
+    return (
+        f"{window.task_count} {tasks}, success {format_percent(window.success_rate)}, quality {quality}, "
+        f"latency {format_milliseconds(window.average_latency_ms)}"
+    )

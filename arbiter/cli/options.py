@@ -54,6 +54,41 @@ def positive_seconds(text: str) -> float:
     return number
 
 
+def fraction(text: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1; got {text!r}") from None
+    if not 0 <= number <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1; got {text}")
+    return number
+
+
+def label(text: str) -> tuple[str, str]:
+    key, separator, value = text.partition("=")
+    if not separator or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, e.g. region=eu; got {text!r}")
+    return key, value
+
+
+def add_requirement_options(parser: argparse.ArgumentParser) -> None:
+    """--language, --specialization and --label (each repeatable): what a task asks of its agent."""
+    parser.add_argument(
+        "--language", dest="languages", action="append", default=[], metavar="L", help="required; repeatable"
+    )
+    parser.add_argument(
+        "--specialization",
+        dest="specializations",
+        action="append",
+        default=[],
+        metavar="S",
+        help="required; repeatable",
+    )
+    parser.add_argument(
+        "--label", dest="labels", action="append", type=label, default=[], metavar="KEY=VALUE", help="repeatable"
+    )
+
+
 def output_options() -> argparse.ArgumentParser:
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")

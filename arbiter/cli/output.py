@@ -91,6 +91,21 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, empty:
     _print_rich(table)
 
 
+def print_section(
+    title: str, headers: Sequence[str], rows: Iterable[Sequence[str]], *, empty: str | None = None
+) -> None:
+    """After what came before, a blank line, `title` and a table under it; when there is no row, nothing
+    on stdout, and the sentence `empty` (if any) on stderr."""
+    materialized = [list(row) for row in rows]
+    if not materialized:
+        if empty:
+            note(empty)
+        return
+    print()
+    print(title)
+    print_table(headers, materialized, empty="")
+
+
 def print_fields(fields: Sequence[tuple[str, str]]) -> None:
     """One item as `name  value` lines."""
     table = Table.grid(padding=(0, 2))
@@ -119,6 +134,11 @@ def format_duration(seconds: float) -> str:
     return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
 
 
+def format_clock(moment: datetime | None) -> str:
+    """Local time of day to the millisecond, e.g. `12:00:03.214`; `-` when unknown."""
+    return "-" if moment is None else moment.astimezone().strftime("%H:%M:%S.%f")[:-3]
+
+
 def format_age(moment: datetime | None) -> str:
     """How long ago, e.g. `3m05s ago`; `-` when unknown."""
     if moment is None:
@@ -136,3 +156,17 @@ def format_labels(labels: dict[str, str]) -> str:
 
 def format_percent(fraction: float) -> str:
     return f"{fraction:.0%}"
+
+
+def format_score(score: float) -> str:
+    return f"{score:.2f}"
+
+
+def format_milliseconds(milliseconds: float) -> str:
+    return format_duration(milliseconds / 1000)
+
+
+def format_window(length: timedelta) -> str:
+    """`5 min`, `1 h`, `24 h`."""
+    minutes = round(length.total_seconds() / 60)
+    return f"{minutes // 60} h" if minutes and minutes % 60 == 0 else f"{minutes} min"

@@ -1,4 +1,5 @@
-"""`arbiter tasks`: submit, get, list, watch, trace the history of, and cancel tasks."""
+"""`arbiter tasks`: submit, get, list, watch, trace the history of, explain the routing of, and cancel
+tasks."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from arbiter.cli.options import (
     Connection,
     Subcommands,
     UsageError,
+    add_requirement_options,
     calls_services,
     positive_int,
     positive_seconds,
@@ -21,18 +23,21 @@ from arbiter.cli.options import (
 from arbiter.cli.output import (
     compact_json,
     format_age,
+    format_clock,
     format_labels,
     format_list,
     format_percent,
+    format_score,
     format_time,
     note,
     print_fields,
     print_json,
     print_json_line,
+    print_section,
     print_table,
 )
 from arbiter.errors import WaitTimeout
-from arbiter.models import TaskInfo, TaskState
+from arbiter.models import RoutingDecision, RoutingExplanation, TaskInfo, TaskState
 
 EXIT_CODES = """exit codes (watch, and submit --wait):
   0    the task is COMPLETED
@@ -46,8 +51,8 @@ JSON_TYPE_NAMES = {list: "an array", str: "a string", int: "a number", float: "a
 def add_commands(commands: Subcommands) -> None:
     tasks = commands.add_parser(
         "tasks",
-        help="submit, get, list, watch, history and cancel tasks",
-        description="Submit, get, list, watch, trace and cancel tasks.",
+        help="submit, get, list, watch, history, explain and cancel tasks",
+        description="Submit, get, list, watch, trace, explain the routing of, and cancel tasks.",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -79,20 +84,7 @@ def add_commands(commands: Subcommands) -> None:
         help="fail the task if no agent starts it within this long",
     )
     submit.add_argument("--idempotency-key", default="", metavar="KEY", help="a repeat returns the first task")
-    submit.add_argument(
-        "--language", dest="languages", action="append", default=[], metavar="L", help="required; repeatable"
-    )
-    submit.add_argument(
-        "--specialization",
-        dest="specializations",
-        action="append",
-        default=[],
-        metavar="S",
-        help="required; repeatable",
-    )
-    submit.add_argument(
-        "--label", dest="labels", action="append", type=label, default=[], metavar="KEY=VALUE", help="repeatable"
-    )
+    add_requirement_options(submit)
     submit.add_argument("--wait", action="store_true", help="wait until the task is finished")
     submit.add_argument(
         "--wait-timeout", type=positive_seconds, metavar="SECONDS", help="stop waiting after this long (implies --wait)"
@@ -128,17 +120,21 @@ def add_commands(commands: Subcommands) -> None:
     history.add_argument("task_id", metavar="ID")
     history.set_defaults(run=calls_services(task_history))
 
+    explain = task_commands.add_parser(
+        "explain",
+        parents=[service_options()],
+        help="why a task went to its agent, or why it still waits",
+        description="Every routing decision of a task (attempt, agent, strategy, confidence, score, whether "
+        "it explored, why, and the other agents weighed), and while it is PENDING why it waits and how the "
+        "agents that could take it score now.",
+    )
+    explain.add_argument("task_id", metavar="ID")
+    explain.set_defaults(run=calls_services(explain_task))
+
     cancel = task_commands.add_parser("cancel", parents=[service_options()], help="cancel an unfinished task")
     cancel.add_argument("task_id", metavar="ID")
     cancel.add_argument("--reason", default="", help="recorded as the task's error")
     cancel.set_defaults(run=calls_services(cancel_task))
-
-
-def label(text: str) -> tuple[str, str]:
-    key, separator, value = text.partition("=")
-    if not separator or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, e.g. region=eu; got {text!r}")
-    return key, value
 
 
 def read_payload(arguments: argparse.Namespace) -> dict[str, Any]:
@@ -257,7 +253,7 @@ async def task_history(arguments: argparse.Namespace, connection: Connection) ->
         ["TIME", "FROM", "TO", "ATTEMPT", "AGENT", "REASON"],
         (
             [
-                event.time.astimezone().strftime("%H:%M:%S.%f")[:-3] if event.time else "-",
+                format_clock(event.time),
                 event.from_state.name.lower() if event.from_state else "-",
                 event.to_state.name.lower(),
                 str(event.attempt),
@@ -269,6 +265,87 @@ async def task_history(arguments: argparse.Namespace, connection: Connection) ->
         empty="no events",
     )
     return 0
+
+
+async def explain_task(arguments: argparse.Namespace, connection: Connection) -> int:
+    async with connection.client() as client:
+        explanation = await client.explain_routing(arguments.task_id)
+    if arguments.json:
+        print_json(explanation)
+    else:
+        show_explanation(explanation)
+    return 0
+
+
+def show_explanation(explanation: RoutingExplanation) -> None:
+    """The task's routing in brief, then a table of decisions, one of the alternatives they weighed, and
+    while PENDING one of the candidates as they score now."""
+    task = explanation.task
+    print_fields(
+        [
+            ("id", task.id),
+            ("type", task.task_type),
+            ("state", task.state.name.lower()),
+            ("attempt", f"{task.attempt} of {task.max_attempts}"),
+            ("agent", task.assigned_agent_id or "-"),
+            ("strategy", f"{explanation.strategy or '-'} (the answering orchestrator's)"),
+            *routing_fields(task),
+        ]
+    )
+    decisions = explanation.decisions
+    print_section(
+        "decisions",
+        ["ATTEMPT", "AGENT", "STRATEGY", "CONFIDENCE", "SCORE", "EXPLORED", "DECIDED", "REASON"],
+        (
+            [
+                str(decision.attempt),
+                decision.agent_id,
+                decision.strategy or "-",
+                format_score(decision.confidence),
+                format_score(decision.score),
+                "yes" if decision.explored else "no",
+                format_clock(decision.decided_at),
+                decision.reason or "-",
+            ]
+            for decision in decisions
+        ),
+        empty="no routing decisions yet: no attempt has been assigned",
+    )
+    print_section(
+        "alternatives weighed",
+        ["ATTEMPT", "AGENT", "SCORE", "REASON"],
+        (
+            [str(decision.attempt), alternative.agent_id, format_score(alternative.score), alternative.reason or "-"]
+            for decision in decisions
+            for alternative in decision.alternatives
+        ),
+    )
+    if task.state == TaskState.PENDING:
+        print_section(
+            "candidates now",
+            ["AGENT", "SCORE", "REASON"],
+            (
+                [candidate.agent_id, format_score(candidate.score), candidate.reason or "-"]
+                for candidate in explanation.candidates
+            ),
+            empty="no registered agent can take this task now",
+        )
+
+
+def routing_fields(task: TaskInfo) -> list[tuple[str, str]]:
+    """Why the task waits, and how its current (or last) attempt was routed, when there is something to say."""
+    fields = []
+    if task.pending_reason:
+        fields.append(("waiting", task.pending_reason))
+    if task.routing is not None:
+        fields.append(("routing", routing_summary(task.routing)))
+    return fields
+
+
+def routing_summary(decision: RoutingDecision) -> str:
+    """`attempt 1 to reviewer-1 by ucb (explored): highest UCB score 1.70 (…) among 2 agents`."""
+    explored = " (explored)" if decision.explored else ""
+    return f"attempt {decision.attempt} to {decision.agent_id} by {decision.strategy}{explored}: {decision.reason}"
 
 
 async def cancel_task(arguments: argparse.Namespace, connection: Connection) -> int:
@@ -299,6 +376,7 @@ def show_task(task: TaskInfo, *, as_json: bool) -> None:
         ("updated", format_time(task.updated_at)),
         ("lease expires", format_time(task.lease_expires_at)),
         ("not before", format_time(task.not_before)),
+        *routing_fields(task),
         ("payload", compact_json(task.payload)),
     ]
     if task.result is not None:

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61rbiter/v1/agent.proto\x12\narbiter.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x01\n\x11\x41gentCapabilities\x12\x12\n\ntask_types\x18\x01 \x03(\t\x12\x11\n\tlanguages\x18\x02 \x03(\t\x12\x17\n\x0fspecializations\x18\x03 \x03(\t\x12\x39\n\x06labels\x18\x04 \x03(\x0b\x32).arbiter.v1.AgentCapabilities.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"q\n\x10\x41gentPerformance\x12\x14\n\x0csuccess_rate\x18\x01 \x01(\x01\x12\x17\n\x0f\x61verage_quality\x18\x02 \x01(\x01\x12\x1a\n\x12\x61verage_latency_ms\x18\x03 \x01(\x01\x12\x12\n\ntask_count\x18\x04 \x01(\x03\"6\n\tAgentLoad\x12\x14\n\x0c\x61\x63tive_tasks\x18\x01 \x01(\x05\x12\x13\n\x0butilization\x18\x02 \x01(\x01\"\xf5\x02\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cmodel_family\x18\x03 \x01(\t\x12\x33\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32\x1d.arbiter.v1.AgentCapabilities\x12\x1c\n\x14max_concurrent_tasks\x18\x05 \x01(\x05\x12\'\n\x06status\x18\x06 \x01(\x0e\x32\x17.arbiter.v1.AgentStatus\x12\x31\n\x0bperformance\x18\x07 \x01(\x0b\x32\x1c.arbiter.v1.AgentPerformance\x12#\n\x04load\x18\x08 \x01(\x0b\x32\x15.arbiter.v1.AgentLoad\x12\x31\n\rregistered_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_heartbeat_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xac\x01\n\x0b\x41gentStatus\x12\x1c\n\x18\x41GENT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41GENT_STATUS_ONLINE\x10\x01\x12\x15\n\x11\x41GENT_STATUS_BUSY\x10\x02\x12\x19\n\x15\x41GENT_STATUS_DRAINING\x10\x03\x12\x1a\n\x16\x41GENT_STATUS_UNHEALTHY\x10\x04\x12\x18\n\x14\x41GENT_STATUS_OFFLINE\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61rbiter/v1/agent.proto\x12\narbiter.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x01\n\x11\x41gentCapabilities\x12\x12\n\ntask_types\x18\x01 \x03(\t\x12\x11\n\tlanguages\x18\x02 \x03(\t\x12\x17\n\x0fspecializations\x18\x03 \x03(\t\x12\x39\n\x06labels\x18\x04 \x03(\x0b\x32).arbiter.v1.AgentCapabilities.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x02\n\x10\x41gentPerformance\x12\x14\n\x0csuccess_rate\x18\x01 \x01(\x01\x12\x17\n\x0f\x61verage_quality\x18\x02 \x01(\x01\x12\x1a\n\x12\x61verage_latency_ms\x18\x03 \x01(\x01\x12\x12\n\ntask_count\x18\x04 \x01(\x03\x12\x35\n\x0c\x62y_task_type\x18\x05 \x03(\x0b\x32\x1f.arbiter.v1.TaskTypePerformance\x12.\n\x07windows\x18\x06 \x03(\x0b\x32\x1d.arbiter.v1.PerformanceWindow\x12\x10\n\x08\x64\x65graded\x18\x07 \x01(\x08\x12\x17\n\x0f\x64\x65graded_reason\x18\x08 \x01(\t\"\x87\x01\n\x13TaskTypePerformance\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12\x14\n\x0csuccess_rate\x18\x02 \x01(\x01\x12\x17\n\x0f\x61verage_quality\x18\x03 \x01(\x01\x12\x1a\n\x12\x61verage_latency_ms\x18\x04 \x01(\x01\x12\x12\n\ntask_count\x18\x05 \x01(\x03\"\x9d\x01\n\x11PerformanceWindow\x12)\n\x06length\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\ntask_count\x18\x02 \x01(\x03\x12\x14\n\x0csuccess_rate\x18\x03 \x01(\x01\x12\x1a\n\x12\x61verage_latency_ms\x18\x04 \x01(\x01\x12\x17\n\x0f\x61verage_quality\x18\x05 \x01(\x01\"6\n\tAgentLoad\x12\x14\n\x0c\x61\x63tive_tasks\x18\x01 \x01(\x05\x12\x13\n\x0butilization\x18\x02 \x01(\x01\"\xf5\x02\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cmodel_family\x18\x03 \x01(\t\x12\x33\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32\x1d.arbiter.v1.AgentCapabilities\x12\x1c\n\x14max_concurrent_tasks\x18\x05 \x01(\x05\x12\'\n\x06status\x18\x06 \x01(\x0e\x32\x17.arbiter.v1.AgentStatus\x12\x31\n\x0bperformance\x18\x07 \x01(\x0b\x32\x1c.arbiter.v1.AgentPerformance\x12#\n\x04load\x18\x08 \x01(\x0b\x32\x15.arbiter.v1.AgentLoad\x12\x31\n\rregistered_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_heartbeat_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xac\x01\n\x0b\x41gentStatus\x12\x1c\n\x18\x41GENT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41GENT_STATUS_ONLINE\x10\x01\x12\x15\n\x11\x41GENT_STATUS_BUSY\x10\x02\x12\x19\n\x15\x41GENT_STATUS_DRAINING\x10\x03\x12\x1a\n\x16\x41GENT_STATUS_UNHEALTHY\x10\x04\x12\x18\n\x14\x41GENT_STATUS_OFFLINE\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,16 +35,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AGENTCAPABILITIES_LABELSENTRY']._loaded_options = None
   _globals['_AGENTCAPABILITIES_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_AGENTSTATUS']._serialized_start=811
-  _globals['_AGENTSTATUS']._serialized_end=983
-  _globals['_AGENTCAPABILITIES']._serialized_start=72
-  _globals['_AGENTCAPABILITIES']._serialized_end=261
-  _globals['_AGENTCAPABILITIES_LABELSENTRY']._serialized_start=216
-  _globals['_AGENTCAPABILITIES_LABELSENTRY']._serialized_end=261
-  _globals['_AGENTPERFORMANCE']._serialized_start=263
-  _globals['_AGENTPERFORMANCE']._serialized_end=376
-  _globals['_AGENTLOAD']._serialized_start=378
-  _globals['_AGENTLOAD']._serialized_end=432
-  _globals['_AGENT']._serialized_start=435
-  _globals['_AGENT']._serialized_end=808
+  _globals['_AGENTSTATUS']._serialized_start=1288
+  _globals['_AGENTSTATUS']._serialized_end=1460
+  _globals['_AGENTCAPABILITIES']._serialized_start=104
+  _globals['_AGENTCAPABILITIES']._serialized_end=293
+  _globals['_AGENTCAPABILITIES_LABELSENTRY']._serialized_start=248
+  _globals['_AGENTCAPABILITIES_LABELSENTRY']._serialized_end=293
+  _globals['_AGENTPERFORMANCE']._serialized_start=296
+  _globals['_AGENTPERFORMANCE']._serialized_end=555
+  _globals['_TASKTYPEPERFORMANCE']._serialized_start=558
+  _globals['_TASKTYPEPERFORMANCE']._serialized_end=693
+  _globals['_PERFORMANCEWINDOW']._serialized_start=696
+  _globals['_PERFORMANCEWINDOW']._serialized_end=853
+  _globals['_AGENTLOAD']._serialized_start=855
+  _globals['_AGENTLOAD']._serialized_end=909
+  _globals['_AGENT']._serialized_start=912
+  _globals['_AGENT']._serialized_end=1285
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -45,16 +46,52 @@ class AgentCapabilities(_message.Message):
     def __init__(self, task_types: _Optional[_Iterable[str]] = ..., languages: _Optional[_Iterable[str]] = ..., specializations: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class AgentPerformance(_message.Message):
-    __slots__ = ("success_rate", "average_quality", "average_latency_ms", "task_count")
+    __slots__ = ("success_rate", "average_quality", "average_latency_ms", "task_count", "by_task_type", "windows", "degraded", "degraded_reason")
     SUCCESS_RATE_FIELD_NUMBER: _ClassVar[int]
     AVERAGE_QUALITY_FIELD_NUMBER: _ClassVar[int]
     AVERAGE_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     TASK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    BY_TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_REASON_FIELD_NUMBER: _ClassVar[int]
     success_rate: float
     average_quality: float
     average_latency_ms: float
     task_count: int
-    def __init__(self, success_rate: _Optional[float] = ..., average_quality: _Optional[float] = ..., average_latency_ms: _Optional[float] = ..., task_count: _Optional[int] = ...) -> None: ...
+    by_task_type: _containers.RepeatedCompositeFieldContainer[TaskTypePerformance]
+    windows: _containers.RepeatedCompositeFieldContainer[PerformanceWindow]
+    degraded: bool
+    degraded_reason: str
+    def __init__(self, success_rate: _Optional[float] = ..., average_quality: _Optional[float] = ..., average_latency_ms: _Optional[float] = ..., task_count: _Optional[int] = ..., by_task_type: _Optional[_Iterable[_Union[TaskTypePerformance, _Mapping]]] = ..., windows: _Optional[_Iterable[_Union[PerformanceWindow, _Mapping]]] = ..., degraded: _Optional[bool] = ..., degraded_reason: _Optional[str] = ...) -> None: ...
+
+class TaskTypePerformance(_message.Message):
+    __slots__ = ("task_type", "success_rate", "average_quality", "average_latency_ms", "task_count")
+    TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_RATE_FIELD_NUMBER: _ClassVar[int]
+    AVERAGE_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    AVERAGE_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    TASK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    task_type: str
+    success_rate: float
+    average_quality: float
+    average_latency_ms: float
+    task_count: int
+    def __init__(self, task_type: _Optional[str] = ..., success_rate: _Optional[float] = ..., average_quality: _Optional[float] = ..., average_latency_ms: _Optional[float] = ..., task_count: _Optional[int] = ...) -> None: ...
+
+class PerformanceWindow(_message.Message):
+    __slots__ = ("length", "task_count", "success_rate", "average_latency_ms", "average_quality")
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    TASK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_RATE_FIELD_NUMBER: _ClassVar[int]
+    AVERAGE_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    AVERAGE_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    length: _duration_pb2.Duration
+    task_count: int
+    success_rate: float
+    average_latency_ms: float
+    average_quality: float
+    def __init__(self, length: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., task_count: _Optional[int] = ..., success_rate: _Optional[float] = ..., average_latency_ms: _Optional[float] = ..., average_quality: _Optional[float] = ...) -> None: ...
 
 class AgentLoad(_message.Message):
     __slots__ = ("active_tasks", "utilization")

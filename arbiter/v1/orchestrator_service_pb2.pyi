@@ -225,16 +225,18 @@ class ReportProgressResponse(_message.Message):
     def __init__(self, lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CompleteTaskRequest(_message.Message):
-    __slots__ = ("task_id", "agent_id", "attempt", "result")
+    __slots__ = ("task_id", "agent_id", "attempt", "result", "quality")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     agent_id: str
     attempt: int
     result: _struct_pb2.Struct
-    def __init__(self, task_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., attempt: _Optional[int] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    quality: float
+    def __init__(self, task_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., attempt: _Optional[int] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., quality: _Optional[float] = ...) -> None: ...
 
 class CompleteTaskResponse(_message.Message):
     __slots__ = ("task",)
@@ -261,3 +263,21 @@ class FailTaskResponse(_message.Message):
     TASK_FIELD_NUMBER: _ClassVar[int]
     task: _task_pb2.Task
     def __init__(self, task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ...) -> None: ...
+
+class ExplainRoutingRequest(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class ExplainRoutingResponse(_message.Message):
+    __slots__ = ("task", "decisions", "strategy", "candidates")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    task: _task_pb2.Task
+    decisions: _containers.RepeatedCompositeFieldContainer[_task_pb2.RoutingDecision]
+    strategy: _task_pb2.RoutingStrategy
+    candidates: _containers.RepeatedCompositeFieldContainer[_task_pb2.ScoredAgent]
+    def __init__(self, task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ..., decisions: _Optional[_Iterable[_Union[_task_pb2.RoutingDecision, _Mapping]]] = ..., strategy: _Optional[_Union[_task_pb2.RoutingStrategy, str]] = ..., candidates: _Optional[_Iterable[_Union[_task_pb2.ScoredAgent, _Mapping]]] = ...) -> None: ...

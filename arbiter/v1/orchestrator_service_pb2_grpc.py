@@ -95,6 +95,11 @@ class OrchestratorServiceStub:
                 request_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.FailTaskRequest.SerializeToString,
                 response_deserializer=arbiter_dot_v1_dot_orchestrator__service__pb2.FailTaskResponse.FromString,
                 _registered_method=True)
+        self.ExplainRouting = channel.unary_unary(
+                '/arbiter.v1.OrchestratorService/ExplainRouting',
+                request_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.ExplainRoutingRequest.SerializeToString,
+                response_deserializer=arbiter_dot_v1_dot_orchestrator__service__pb2.ExplainRoutingResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -187,6 +192,14 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExplainRouting(self, request, context):
+        """Why a task went where it went: every routing decision (one per attempt), and while it is PENDING,
+        why it waits and how the agents that could take it score now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +262,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.FailTask,
                     request_deserializer=arbiter_dot_v1_dot_orchestrator__service__pb2.FailTaskRequest.FromString,
                     response_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.FailTaskResponse.SerializeToString,
+            ),
+            'ExplainRouting': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainRouting,
+                    request_deserializer=arbiter_dot_v1_dot_orchestrator__service__pb2.ExplainRoutingRequest.FromString,
+                    response_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.ExplainRoutingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -576,6 +594,33 @@ class OrchestratorService:
             '/arbiter.v1.OrchestratorService/FailTask',
             arbiter_dot_v1_dot_orchestrator__service__pb2.FailTaskRequest.SerializeToString,
             arbiter_dot_v1_dot_orchestrator__service__pb2.FailTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainRouting(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/arbiter.v1.OrchestratorService/ExplainRouting',
+            arbiter_dot_v1_dot_orchestrator__service__pb2.ExplainRoutingRequest.SerializeToString,
+            arbiter_dot_v1_dot_orchestrator__service__pb2.ExplainRoutingResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -81,3 +81,94 @@ class DeregisterAgentRequest(_message.Message):
 class DeregisterAgentResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class FindCandidatesRequest(_message.Message):
+    __slots__ = ("task_type", "languages", "specializations", "labels", "max_utilization", "min_success_rate", "limit")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGES_FIELD_NUMBER: _ClassVar[int]
+    SPECIALIZATIONS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_UTILIZATION_FIELD_NUMBER: _ClassVar[int]
+    MIN_SUCCESS_RATE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    task_type: str
+    languages: _containers.RepeatedScalarFieldContainer[str]
+    specializations: _containers.RepeatedScalarFieldContainer[str]
+    labels: _containers.ScalarMap[str, str]
+    max_utilization: float
+    min_success_rate: float
+    limit: int
+    def __init__(self, task_type: _Optional[str] = ..., languages: _Optional[_Iterable[str]] = ..., specializations: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_utilization: _Optional[float] = ..., min_success_rate: _Optional[float] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class Candidate(_message.Message):
+    __slots__ = ("agent", "score", "success_rate", "reason")
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_RATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    agent: _agent_pb2.Agent
+    score: float
+    success_rate: float
+    reason: str
+    def __init__(self, agent: _Optional[_Union[_agent_pb2.Agent, _Mapping]] = ..., score: _Optional[float] = ..., success_rate: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class FindCandidatesResponse(_message.Message):
+    __slots__ = ("candidates",)
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
+    def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
+
+class RecordOutcomeRequest(_message.Message):
+    __slots__ = ("agent_id", "task_type", "success", "latency_ms", "quality")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    task_type: str
+    success: bool
+    latency_ms: float
+    quality: float
+    def __init__(self, agent_id: _Optional[str] = ..., task_type: _Optional[str] = ..., success: _Optional[bool] = ..., latency_ms: _Optional[float] = ..., quality: _Optional[float] = ...) -> None: ...
+
+class RecordOutcomeResponse(_message.Message):
+    __slots__ = ("agent",)
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    agent: _agent_pb2.Agent
+    def __init__(self, agent: _Optional[_Union[_agent_pb2.Agent, _Mapping]] = ...) -> None: ...
+
+class RecordOutcomesRequest(_message.Message):
+    __slots__ = ("outcomes",)
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[RecordOutcomeRequest]
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[RecordOutcomeRequest, _Mapping]]] = ...) -> None: ...
+
+class RecordOutcomesResponse(_message.Message):
+    __slots__ = ("recorded", "unknown_agent_ids")
+    RECORDED_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_AGENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    recorded: int
+    unknown_agent_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, recorded: _Optional[int] = ..., unknown_agent_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class WatchAgentsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WatchAgentsResponse(_message.Message):
+    __slots__ = ("agents", "removed_agent_ids", "snapshot_complete")
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_AGENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    agents: _containers.RepeatedCompositeFieldContainer[_agent_pb2.Agent]
+    removed_agent_ids: _containers.RepeatedScalarFieldContainer[str]
+    snapshot_complete: bool
+    def __init__(self, agents: _Optional[_Iterable[_Union[_agent_pb2.Agent, _Mapping]]] = ..., removed_agent_ids: _Optional[_Iterable[str]] = ..., snapshot_complete: _Optional[bool] = ...) -> None: ...

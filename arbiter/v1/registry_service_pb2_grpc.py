@@ -60,6 +60,26 @@ class RegistryServiceStub:
                 request_serializer=arbiter_dot_v1_dot_registry__service__pb2.DeregisterAgentRequest.SerializeToString,
                 response_deserializer=arbiter_dot_v1_dot_registry__service__pb2.DeregisterAgentResponse.FromString,
                 _registered_method=True)
+        self.FindCandidates = channel.unary_unary(
+                '/arbiter.v1.RegistryService/FindCandidates',
+                request_serializer=arbiter_dot_v1_dot_registry__service__pb2.FindCandidatesRequest.SerializeToString,
+                response_deserializer=arbiter_dot_v1_dot_registry__service__pb2.FindCandidatesResponse.FromString,
+                _registered_method=True)
+        self.RecordOutcome = channel.unary_unary(
+                '/arbiter.v1.RegistryService/RecordOutcome',
+                request_serializer=arbiter_dot_v1_dot_registry__service__pb2.RecordOutcomeRequest.SerializeToString,
+                response_deserializer=arbiter_dot_v1_dot_registry__service__pb2.RecordOutcomeResponse.FromString,
+                _registered_method=True)
+        self.RecordOutcomes = channel.unary_unary(
+                '/arbiter.v1.RegistryService/RecordOutcomes',
+                request_serializer=arbiter_dot_v1_dot_registry__service__pb2.RecordOutcomesRequest.SerializeToString,
+                response_deserializer=arbiter_dot_v1_dot_registry__service__pb2.RecordOutcomesResponse.FromString,
+                _registered_method=True)
+        self.WatchAgents = channel.unary_stream(
+                '/arbiter.v1.RegistryService/WatchAgents',
+                request_serializer=arbiter_dot_v1_dot_registry__service__pb2.WatchAgentsRequest.SerializeToString,
+                response_deserializer=arbiter_dot_v1_dot_registry__service__pb2.WatchAgentsResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -101,6 +121,36 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindCandidates(self, request, context):
+        """Agents that could take a task with these requirements now, best first, each with a score in 0..1
+        and the reason it matched. Only ONLINE and BUSY agents are considered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordOutcome(self, request, context):
+        """Records how one finished attempt went; the orchestrator calls it for every attempt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordOutcomes(self, request, context):
+        """Records up to 1000 outcomes in one transaction (what the orchestrator sends, batched).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchAgents(self, request, context):
+        """Every agent now (the snapshot), then every change as it happens, until the caller cancels. A
+        receiver that reconnects gets a fresh snapshot, so it can always resynchronise.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +178,26 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.DeregisterAgent,
                     request_deserializer=arbiter_dot_v1_dot_registry__service__pb2.DeregisterAgentRequest.FromString,
                     response_serializer=arbiter_dot_v1_dot_registry__service__pb2.DeregisterAgentResponse.SerializeToString,
+            ),
+            'FindCandidates': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindCandidates,
+                    request_deserializer=arbiter_dot_v1_dot_registry__service__pb2.FindCandidatesRequest.FromString,
+                    response_serializer=arbiter_dot_v1_dot_registry__service__pb2.FindCandidatesResponse.SerializeToString,
+            ),
+            'RecordOutcome': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordOutcome,
+                    request_deserializer=arbiter_dot_v1_dot_registry__service__pb2.RecordOutcomeRequest.FromString,
+                    response_serializer=arbiter_dot_v1_dot_registry__service__pb2.RecordOutcomeResponse.SerializeToString,
+            ),
+            'RecordOutcomes': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordOutcomes,
+                    request_deserializer=arbiter_dot_v1_dot_registry__service__pb2.RecordOutcomesRequest.FromString,
+                    response_serializer=arbiter_dot_v1_dot_registry__service__pb2.RecordOutcomesResponse.SerializeToString,
+            ),
+            'WatchAgents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAgents,
+                    request_deserializer=arbiter_dot_v1_dot_registry__service__pb2.WatchAgentsRequest.FromString,
+                    response_serializer=arbiter_dot_v1_dot_registry__service__pb2.WatchAgentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +336,114 @@ class RegistryService:
             '/arbiter.v1.RegistryService/DeregisterAgent',
             arbiter_dot_v1_dot_registry__service__pb2.DeregisterAgentRequest.SerializeToString,
             arbiter_dot_v1_dot_registry__service__pb2.DeregisterAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindCandidates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/arbiter.v1.RegistryService/FindCandidates',
+            arbiter_dot_v1_dot_registry__service__pb2.FindCandidatesRequest.SerializeToString,
+            arbiter_dot_v1_dot_registry__service__pb2.FindCandidatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordOutcome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/arbiter.v1.RegistryService/RecordOutcome',
+            arbiter_dot_v1_dot_registry__service__pb2.RecordOutcomeRequest.SerializeToString,
+            arbiter_dot_v1_dot_registry__service__pb2.RecordOutcomeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordOutcomes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/arbiter.v1.RegistryService/RecordOutcomes',
+            arbiter_dot_v1_dot_registry__service__pb2.RecordOutcomesRequest.SerializeToString,
+            arbiter_dot_v1_dot_registry__service__pb2.RecordOutcomesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAgents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/arbiter.v1.RegistryService/WatchAgents',
+            arbiter_dot_v1_dot_registry__service__pb2.WatchAgentsRequest.SerializeToString,
+            arbiter_dot_v1_dot_registry__service__pb2.WatchAgentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61rbiter/v1/task.proto\x12\narbiter.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa7\x01\n\x10TaskRequirements\x12\x11\n\tlanguages\x18\x01 \x03(\t\x12\x17\n\x0fspecializations\x18\x02 \x03(\t\x12\x38\n\x06labels\x18\x03 \x03(\x0b\x32(.arbiter.v1.TaskRequirements.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xaa\x05\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttask_type\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.arbiter.v1.TaskState\x12(\n\x07payload\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06result\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12\x32\n\x0crequirements\x18\x08 \x01(\x0b\x32\x1c.arbiter.v1.TaskRequirements\x12\x0f\n\x07\x61ttempt\x18\t \x01(\x05\x12\x14\n\x0cmax_attempts\x18\n \x01(\x05\x12\x19\n\x11\x61ssigned_agent_id\x18\x0b \x01(\t\x12\x17\n\x0fidempotency_key\x18\x0c \x01(\t\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x07timeout\x18\x0f \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08progress\x18\x10 \x01(\x01\x12\x18\n\x10progress_message\x18\x11 \x01(\t\x12\x34\n\x10lease_expires_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nnot_before\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x19schedule_to_start_timeout\x18\x14 \x01(\x0b\x32\x19.google.protobuf.Duration*\xbb\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_STATE_PENDING\x10\x01\x12\x17\n\x13TASK_STATE_ASSIGNED\x10\x02\x12\x16\n\x12TASK_STATE_RUNNING\x10\x03\x12\x18\n\x14TASK_STATE_COMPLETED\x10\x04\x12\x15\n\x11TASK_STATE_FAILED\x10\x05\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61rbiter/v1/task.proto\x12\narbiter.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\">\n\x0bScoredAgent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x87\x02\n\x0fRoutingDecision\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12-\n\x08strategy\x18\x03 \x01(\x0e\x32\x1b.arbiter.v1.RoutingStrategy\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\r\n\x05score\x18\x06 \x01(\x01\x12-\n\x0c\x61lternatives\x18\x07 \x03(\x0b\x32\x17.arbiter.v1.ScoredAgent\x12.\n\ndecided_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65xplored\x18\t \x01(\x08\"\xa7\x01\n\x10TaskRequirements\x12\x11\n\tlanguages\x18\x01 \x03(\t\x12\x17\n\x0fspecializations\x18\x02 \x03(\t\x12\x38\n\x06labels\x18\x03 \x03(\x0b\x32(.arbiter.v1.TaskRequirements.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf0\x05\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttask_type\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.arbiter.v1.TaskState\x12(\n\x07payload\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06result\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12\x32\n\x0crequirements\x18\x08 \x01(\x0b\x32\x1c.arbiter.v1.TaskRequirements\x12\x0f\n\x07\x61ttempt\x18\t \x01(\x05\x12\x14\n\x0cmax_attempts\x18\n \x01(\x05\x12\x19\n\x11\x61ssigned_agent_id\x18\x0b \x01(\t\x12\x17\n\x0fidempotency_key\x18\x0c \x01(\t\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x07timeout\x18\x0f \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08progress\x18\x10 \x01(\x01\x12\x18\n\x10progress_message\x18\x11 \x01(\t\x12\x34\n\x10lease_expires_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nnot_before\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x19schedule_to_start_timeout\x18\x14 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\x07routing\x18\x15 \x01(\x0b\x32\x1b.arbiter.v1.RoutingDecision\x12\x16\n\x0epending_reason\x18\x16 \x01(\t*\xbb\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_STATE_PENDING\x10\x01\x12\x17\n\x13TASK_STATE_ASSIGNED\x10\x02\x12\x16\n\x12TASK_STATE_RUNNING\x10\x03\x12\x18\n\x14TASK_STATE_COMPLETED\x10\x04\x12\x15\n\x11TASK_STATE_FAILED\x10\x05\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x06*\xb6\x01\n\x0fRoutingStrategy\x12 \n\x1cROUTING_STRATEGY_UNSPECIFIED\x10\x00\x12\x1f\n\x1bROUTING_STRATEGY_CAPABILITY\x10\x01\x12!\n\x1dROUTING_STRATEGY_LEAST_LOADED\x10\x02\x12#\n\x1fROUTING_STRATEGY_EPSILON_GREEDY\x10\x03\x12\x18\n\x14ROUTING_STRATEGY_UCB\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,12 +36,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TASKREQUIREMENTS_LABELSENTRY']._loaded_options = None
   _globals['_TASKREQUIREMENTS_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKSTATE']._serialized_start=988
-  _globals['_TASKSTATE']._serialized_end=1175
-  _globals['_TASKREQUIREMENTS']._serialized_start=133
-  _globals['_TASKREQUIREMENTS']._serialized_end=300
-  _globals['_TASKREQUIREMENTS_LABELSENTRY']._serialized_start=255
-  _globals['_TASKREQUIREMENTS_LABELSENTRY']._serialized_end=300
-  _globals['_TASK']._serialized_start=303
-  _globals['_TASK']._serialized_end=985
+  _globals['_TASKSTATE']._serialized_start=1388
+  _globals['_TASKSTATE']._serialized_end=1575
+  _globals['_ROUTINGSTRATEGY']._serialized_start=1578
+  _globals['_ROUTINGSTRATEGY']._serialized_end=1760
+  _globals['_SCOREDAGENT']._serialized_start=132
+  _globals['_SCOREDAGENT']._serialized_end=194
+  _globals['_ROUTINGDECISION']._serialized_start=197
+  _globals['_ROUTINGDECISION']._serialized_end=460
+  _globals['_TASKREQUIREMENTS']._serialized_start=463
+  _globals['_TASKREQUIREMENTS']._serialized_end=630
+  _globals['_TASKREQUIREMENTS_LABELSENTRY']._serialized_start=585
+  _globals['_TASKREQUIREMENTS_LABELSENTRY']._serialized_end=630
+  _globals['_TASK']._serialized_start=633
+  _globals['_TASK']._serialized_end=1385
 # @@protoc_insertion_point(module_scope)

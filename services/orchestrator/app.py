@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import socket
 import uuid
 from dataclasses import dataclass
@@ -12,8 +13,13 @@ from datetime import timedelta
 import grpc
 
 from arbiter.v1 import orchestrator_service_pb2_grpc
+from services.orchestrator.agent_directory import AgentDirectory
+from services.orchestrator.dispatcher import Dispatcher
+from services.orchestrator.domain import TaskRecord
 from services.orchestrator.notifications import TaskNotifications
+from services.orchestrator.outcomes import OutcomeReporter
 from services.orchestrator.registry_client import RegistryClient
+from services.orchestrator.routing import Router, RoutingSettings
 from services.orchestrator.service import Orchestrator
 from services.orchestrator.servicer import OrchestratorServicer
 from services.orchestrator.sessions import AgentSessions
@@ -24,7 +30,7 @@ from shared.auth import ApiKeyInterceptor
 from shared.config import Config
 from shared.database import Pool, open_pool
 from shared.permissions import ORCHESTRATOR_ROLES, ORCHESTRATOR_SERVICE, method_permissions
-from shared.server import RunningServer, start_server
+from shared.server import RunningServer, cancel_and_wait, start_server
 
 
 @dataclass
@@ -46,9 +52,8 @@ class OrchestratorApp:
         await self.server.stop_serving_health()
         await self.orchestrator.shutdown(grace)
         await self.server.stop(min(grace, 1.0))
-        for task in self.background:
-            task.cancel()
-        await asyncio.gather(*self.background, return_exceptions=True)
+        await self.orchestrator.outcomes.close(min(grace, 1.0))
+        await cancel_and_wait(self.background)
         await self.registry_channel.close()
         await self.pool.close()
 
@@ -63,14 +68,29 @@ async def create_orchestrator(config: Config) -> OrchestratorApp:
     background: list[asyncio.Task[None]] = []
     try:
         sessions = AgentSessions()
-        store = TaskStore(pool, config.lease_seconds)
         registry = RegistryClient(registry_channel, service_key, retry_seconds=config.registry_retry_seconds)
-        notifications = TaskNotifications(config.require_database_url(), sessions)
+        outcomes = OutcomeReporter(registry)
+
+        def agents_failed(tasks: list[TaskRecord]) -> None:
+            orchestrator.record_failures(tasks)
+
+        def agents_changed(agent_ids: set[str]) -> None:
+            dispatcher.wake_for_agents(agent_ids)
+
+        store = TaskStore(pool, config.lease_seconds, agents_failed)
+        directory = AgentDirectory(registry, agents_changed)
+        router = Router(RoutingSettings.from_config(config), random.Random(config.routing_seed))
+        dispatcher = Dispatcher(store, sessions, directory, router, poll_seconds=config.assignment_poll_seconds)
+        notifications = TaskNotifications(config.require_database_url(), sessions, dispatcher.wake)
         orchestrator = Orchestrator(
             store,
             registry,
             sessions,
             notifications,
+            directory,
+            dispatcher,
+            router,
+            outcomes,
             max_payload_bytes=config.max_payload_bytes,
             poll_seconds=config.assignment_poll_seconds,
             instance_id=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
@@ -78,11 +98,18 @@ async def create_orchestrator(config: Config) -> OrchestratorApp:
         sweeper = Sweeper(
             store,
             registry,
-            sessions,
+            directory,
+            dispatcher.wake,
             interval_seconds=config.sweep_seconds,
             retention=timedelta(days=config.task_retention_days),
         )
-        background = [asyncio.create_task(notifications.run()), asyncio.create_task(sweeper.run())]
+        background = [
+            asyncio.create_task(notifications.run()),
+            asyncio.create_task(sweeper.run()),
+            asyncio.create_task(directory.run()),
+            asyncio.create_task(dispatcher.run()),
+            asyncio.create_task(outcomes.run()),
+        ]
         interceptor = ApiKeyInterceptor(
             KeyCache(pool, config.auth_cache_seconds), method_permissions(ORCHESTRATOR_SERVICE, ORCHESTRATOR_ROLES)
         )
@@ -96,8 +123,7 @@ async def create_orchestrator(config: Config) -> OrchestratorApp:
             pool,
         )
     except BaseException:
-        for task in background:
-            task.cancel()
+        await cancel_and_wait(background)
         await registry_channel.close()
         await pool.close()
         raise

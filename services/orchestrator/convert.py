@@ -16,6 +16,7 @@ from services.orchestrator.domain import (
     AttemptCancellation,
     NewTask,
     OrchestratorDraining,
+    RecordedDecision,
     TaskCount,
     TaskEvent,
     TaskRecord,
@@ -23,7 +24,15 @@ from services.orchestrator.domain import (
     TaskState,
     validate_submission,
 )
+from services.orchestrator.routing import ScoredAgent, Strategy
 from shared.errors import InvalidArgument
+
+STRATEGY_TO_PB = {
+    Strategy.CAPABILITY: task_pb2.ROUTING_STRATEGY_CAPABILITY,
+    Strategy.LEAST_LOADED: task_pb2.ROUTING_STRATEGY_LEAST_LOADED,
+    Strategy.EPSILON_GREEDY: task_pb2.ROUTING_STRATEGY_EPSILON_GREEDY,
+    Strategy.UCB: task_pb2.ROUTING_STRATEGY_UCB,
+}
 
 _STATE_TO_PB = {
     TaskState.PENDING: task_pb2.TASK_STATE_PENDING,
@@ -136,6 +145,25 @@ def task_event_to_pb(event: TaskEvent) -> orchestrator_service_pb2.TaskEvent:
     )
 
 
+def scored_agent_to_pb(scored: ScoredAgent) -> task_pb2.ScoredAgent:
+    return task_pb2.ScoredAgent(agent_id=scored.agent_id, score=scored.score, reason=scored.reason)
+
+
+def routing_decision_to_pb(recorded: RecordedDecision) -> task_pb2.RoutingDecision:
+    decision = recorded.decision
+    return task_pb2.RoutingDecision(
+        attempt=recorded.attempt,
+        agent_id=decision.agent_id,
+        strategy=STRATEGY_TO_PB[decision.strategy],
+        confidence=decision.confidence,
+        reason=decision.reason,
+        score=decision.score,
+        alternatives=[scored_agent_to_pb(alternative) for alternative in decision.alternatives],
+        decided_at=_timestamp(recorded.decided_at),
+        explored=decision.explored,
+    )
+
+
 def task_to_pb(task: TaskRecord) -> task_pb2.Task:
     return task_pb2.Task(
         id=task.id,
@@ -162,6 +190,8 @@ def task_to_pb(task: TaskRecord) -> task_pb2.Task:
         lease_expires_at=_timestamp(task.lease_expires_at),
         not_before=_timestamp(task.not_before),
         schedule_to_start_timeout=_duration(task.schedule_to_start_timeout_ms),
+        routing=routing_decision_to_pb(task.routing) if task.routing else None,
+        pending_reason=task.pending_reason,
     )
 
 

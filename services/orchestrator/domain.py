@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from shared import validation
 from shared.errors import InvalidArgument
+from shared.matching import PRIOR_SUCCESS_RATE, Capabilities, Requirements
+
+if TYPE_CHECKING:
+    from services.orchestrator.routing import Decision
 
 PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT = 3, 100
@@ -45,6 +51,15 @@ class TaskRequirements:
 
 
 @dataclass(frozen=True)
+class RecordedDecision:
+    """A routing decision as stored: which attempt it routed, and when."""
+
+    attempt: int
+    decided_at: datetime
+    decision: Decision
+
+
+@dataclass(frozen=True)
 class NewTask:
     task_type: str
     payload: dict[str, Any]
@@ -78,6 +93,21 @@ class TaskRecord:
     updated_at: datetime
     not_before: datetime | None = None
     schedule_to_start_timeout_ms: int | None = None
+    # When the current (or last) attempt was handed out.
+    assigned_at: datetime | None = None
+    # The current (or last) attempt's routing decision; read only where users see the task.
+    routing: RecordedDecision | None = None
+    # While PENDING, why: computed from the live view of agents when the task is shown.
+    pending_reason: str = ""
+
+    @cached_property
+    def routing_requirements(self) -> Requirements:
+        return Requirements(
+            self.task_type,
+            frozenset(self.requirements.languages),
+            frozenset(self.requirements.specializations),
+            self.requirements.labels,
+        )
 
 
 @dataclass(frozen=True)
@@ -125,6 +155,14 @@ class TaskCount:
 
 
 @dataclass(frozen=True)
+class TypePerformance:
+    """An agent's record on one task type, as the registry reports it (prior included)."""
+
+    success_rate: float
+    samples: int
+
+
+@dataclass(frozen=True)
 class AgentProfile:
     """What the orchestrator needs to know of an agent, as learned from the registry."""
 
@@ -139,6 +177,22 @@ class AgentProfile:
     draining: bool = False
     # Heartbeating: not UNHEALTHY or OFFLINE.
     alive: bool = True
+    # ONLINE, BUSY, DRAINING, UNHEALTHY or OFFLINE, for messages.
+    status: str = "ONLINE"
+    # From its last heartbeat; the orchestrator counts what local agents hold itself.
+    active_tasks: int = 0
+    # By task type; every type it offers is present once the registry has reported it.
+    performance: Mapping[str, TypePerformance] = field(default_factory=dict)
+
+    @cached_property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            frozenset(self.task_types), frozenset(self.languages), frozenset(self.specializations), self.labels
+        )
+
+    def performance_on(self, task_type: str) -> TypePerformance:
+        """Its record on the task type; an unreported type counts as a new agent's (the registry's prior)."""
+        return self.performance.get(task_type) or TypePerformance(PRIOR_SUCCESS_RATE, 0)
 
 
 @dataclass(frozen=True)

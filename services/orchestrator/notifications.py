@@ -1,9 +1,9 @@
 """What other orchestrators (and this one) changed, heard over PostgreSQL LISTEN/NOTIFY.
 
-The tasks table's trigger notifies on every change (see migration 0005). One connection per
-orchestrator listens and turns notifications into wake-ups: new PENDING work wakes the streams of
-agents that can take it, an attempt taken back sends a cancellation down its agent's stream, and a
-changed task wakes its watchers. While the connection is down, the safety poll, lease extensions and
+The tasks table's trigger notifies on every change (see migrations 0005 and 0006). One connection per
+orchestrator listens and turns notifications into wake-ups: new PENDING work and a freed slot wake the
+dispatcher, an attempt taken back sends a cancellation down its agent's stream, and a changed task
+wakes its watchers. While the connection is down, the safety poll, lease extensions and
 watchers' own re-reads keep everything correct, only slower; on reconnect everyone looks again.
 """
 
@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
@@ -24,13 +24,14 @@ from services.orchestrator.sessions import AgentSessions
 
 logger = logging.getLogger(__name__)
 
-CHANNELS = ("arbiter_task", "arbiter_work", "arbiter_revoke")
+CHANNELS = ("arbiter_task", "arbiter_work", "arbiter_revoke", "arbiter_slot")
 
 
 class TaskNotifications:
-    def __init__(self, database_url: str, sessions: AgentSessions) -> None:
+    def __init__(self, database_url: str, sessions: AgentSessions, wake_dispatcher: Callable[[], None]) -> None:
         self._database_url = database_url
         self._sessions = sessions
+        self._wake_dispatcher = wake_dispatcher
         self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
         self.listening = asyncio.Event()
 
@@ -73,6 +74,7 @@ class TaskNotifications:
             await connection.close()
 
     def _everyone_looks_again(self) -> None:
+        self._wake_dispatcher()
         self._sessions.wake_all()
         for watchers in self._watchers.values():
             for changed in watchers:
@@ -83,7 +85,10 @@ class TaskNotifications:
             for changed in self._watchers.get(payload, ()):
                 changed.set()
         elif channel == "arbiter_work":
-            self._sessions.wake_capable(payload)
+            self._wake_dispatcher()
+        elif channel == "arbiter_slot":
+            if payload in self._sessions:
+                self._wake_dispatcher()
         elif channel == "arbiter_revoke":
             revoked = json.loads(payload)
             if revoked["agent"]:

@@ -8,18 +8,20 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
+from services.orchestrator.agent_directory import AgentDirectory
+from services.orchestrator.dispatcher import Dispatcher
 from services.orchestrator.domain import (
-    AgentProfile,
     AttemptCancellation,
     AttemptReport,
     NewTask,
     OrchestratorDraining,
+    RecordedDecision,
     Submitted,
     TaskCount,
     TaskEvent,
@@ -31,8 +33,11 @@ from services.orchestrator.domain import (
     validate_report,
     why_report_is_stale,
 )
+from services.orchestrator.explain import pending_reason, scored_candidates
 from services.orchestrator.notifications import TaskNotifications
-from services.orchestrator.registry_client import RegistryClient
+from services.orchestrator.outcomes import OutcomeReporter
+from services.orchestrator.registry_client import Outcome, RegistryClient
+from services.orchestrator.routing import Router, ScoredAgent, Strategy
 from services.orchestrator.sessions import AgentSession, AgentSessions
 from services.orchestrator.storage import TaskStore
 from shared import validation
@@ -42,12 +47,15 @@ from shared.pagination import decode_page_token, encode_page_token
 logger = logging.getLogger(__name__)
 
 _PAGE_KEYS = frozenset({"created_at", "id"})
-# How often an open stream re-reads its agent's capabilities from the registry.
-PROFILE_REFRESH_SECONDS = 10.0
 MAX_CANCEL_REASON_LENGTH = 1024
 # A watcher re-reads its task this often even without a notification (the listener may be reconnecting).
 WATCH_REREAD_SECONDS = 5.0
 SHUTDOWN_POLL_SECONDS = 0.1
+# A closed stream's tasks are released this long after it closed, unless the agent reconnected here
+# meanwhile (then they stay with it and are sent again). A reconnect to another orchestrator within
+# this time replaces the agent's stream row, which keeps them too.
+RECONNECT_GRACE_SECONDS = 0.25
+RECONNECT_POLL_SECONDS = 0.01
 
 
 def _unknown_task(task_id: str) -> NotFound:
@@ -60,6 +68,21 @@ class TaskPage:
     next_page_token: str
 
 
+@dataclass(frozen=True)
+class RoutingExplanation:
+    task: TaskRecord
+    decisions: list[RecordedDecision]
+    strategy: Strategy
+    # While PENDING: the agents that could take it, scored now.
+    candidates: list[ScoredAgent]
+
+
+def _latency_ms(task: TaskRecord) -> float:
+    if task.assigned_at is None:
+        return 0.0
+    return max(0.0, (datetime.now(UTC) - task.assigned_at).total_seconds() * 1000)
+
+
 class Orchestrator:
     def __init__(
         self,
@@ -67,6 +90,10 @@ class Orchestrator:
         registry: RegistryClient,
         sessions: AgentSessions,
         notifications: TaskNotifications,
+        directory: AgentDirectory,
+        dispatcher: Dispatcher,
+        router: Router,
+        outcomes: OutcomeReporter,
         *,
         max_payload_bytes: int,
         poll_seconds: float,
@@ -76,6 +103,10 @@ class Orchestrator:
         self._registry = registry
         self.sessions = sessions
         self._notifications = notifications
+        self.directory = directory
+        self.dispatcher = dispatcher
+        self._router = router
+        self.outcomes = outcomes
         self.max_payload_bytes = max_payload_bytes
         self._poll_seconds = poll_seconds
         self.instance_id = instance_id
@@ -90,8 +121,8 @@ class Orchestrator:
     async def submit_many(self, tasks: list[NewTask]) -> list[Submitted]:
         validate_batch_size(len(tasks))
         submitted = await self._store.insert_many(tasks)
-        for task_type in {each.task.task_type for each in submitted if each.created}:
-            self.sessions.wake_capable(task_type)
+        if any(each.created for each in submitted):
+            self.dispatcher.wake()
         return submitted
 
     async def queue_stats(self) -> list[TaskCount]:
@@ -102,7 +133,31 @@ class Orchestrator:
         record = await self._store.get(checked_id)
         if record is None:
             raise _unknown_task(checked_id)
-        return record
+        return (await self._shown([record]))[0]
+
+    async def _shown(self, records: list[TaskRecord]) -> list[TaskRecord]:
+        """The tasks as users see them: with their latest routing decision and, while PENDING, why."""
+        records = await self._store.with_routing(records)
+        if not self.directory.ever_synced:
+            return records
+        fleet = list(self.directory.agents())
+        now = datetime.now(UTC)
+        return [
+            replace(record, pending_reason=pending_reason(record, fleet, now))
+            if record.state == TaskState.PENDING
+            else record
+            for record in records
+        ]
+
+    async def explain_routing(self, task_id: str) -> RoutingExplanation:
+        task = await self.get(task_id)
+        decisions = await self._store.routing_decisions(task.id)
+        candidates = []
+        if task.state == TaskState.PENDING:
+            candidates = scored_candidates(
+                task, list(self.directory.agents()), self._router, self.directory.outcomes_of_type(task.task_type)
+            )
+        return RoutingExplanation(task, decisions, self._router.settings.strategy, candidates)
 
     async def list_tasks(self, state: TaskState | None, task_type: str, page_size: int, page_token: str) -> TaskPage:
         limit = validation.page_size("page_size", page_size)
@@ -117,8 +172,8 @@ class Orchestrator:
             validation.name("task_type", task_type, required=True)
         records = await self._store.list_page(before, limit + 1, state, task_type or None)
         if len(records) <= limit:
-            return TaskPage(records, "")
-        page = records[:limit]
+            return TaskPage(await self._shown(records), "")
+        page = await self._shown(records[:limit])
         last = page[-1]
         return TaskPage(page, encode_page_token({"created_at": last.created_at.isoformat(), "id": last.id}))
 
@@ -134,7 +189,7 @@ class Orchestrator:
                 "can be cancelled"
             )
         # The agent's stream, on whichever orchestrator, hears of it through the table's NOTIFY.
-        return cancelled
+        return (await self._shown([cancelled]))[0]
 
     async def watch(self, task_id: str) -> AsyncIterator[TaskRecord]:
         """The task now, then after each change, until it is finished. Changes in quick succession may
@@ -147,9 +202,10 @@ class Orchestrator:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), WATCH_REREAD_SECONDS)
                 changed.clear()
-                current = await self._store.get(checked_id)
-                if current is None:
+                stored = await self._store.get(checked_id)
+                if stored is None:
                     raise NotFound(f"task {checked_id} was deleted (finished tasks are pruned after their retention)")
+                current = (await self._shown([stored]))[0]
                 if current != task:
                     task = current
                     yield task
@@ -179,12 +235,17 @@ class Orchestrator:
             raise await self._explain_stale(report)
         return record
 
-    async def complete(self, task_id: str, agent_id: str, attempt: int, result: dict[str, Any]) -> TaskRecord:
+    async def complete(
+        self, task_id: str, agent_id: str, attempt: int, result: dict[str, Any], quality: float | None = None
+    ) -> TaskRecord:
         report = validate_report(task_id, agent_id, attempt)
+        if quality is not None and not 0.0 <= quality <= 1.0:  # also rejects NaN
+            raise InvalidArgument("quality", f"must be between 0 and 1, or unset; got {quality}")
         record = await self._store.complete(report, validation.storable_json("result", result))
         if record is None:
             raise await self._explain_stale(report)
-        self.sessions.wake(report.agent_id)
+        self.outcomes.record(Outcome(report.agent_id, record.task_type, True, _latency_ms(record), quality))
+        self.dispatcher.wake()
         return record
 
     async def fail(self, task_id: str, agent_id: str, attempt: int, error: str, retryable: bool) -> TaskRecord:
@@ -193,87 +254,100 @@ class Orchestrator:
         record = await self._store.fail(report, error, retryable)
         if record is None:
             raise await self._explain_stale(report)
-        self.sessions.wake(report.agent_id)
-        if record.state == TaskState.PENDING:
-            self.sessions.wake_capable(record.task_type)
+        self.outcomes.record(Outcome(report.agent_id, record.task_type, False, _latency_ms(record)))
+        self.dispatcher.wake()
         return record
+
+    def record_failures(self, tasks: list[TaskRecord]) -> None:
+        """Attempts taken back from their agents (lease, timeout, agent gone) count as their failures."""
+        for task in tasks:
+            if task.assigned_agent_id:
+                self.outcomes.record(Outcome(task.assigned_agent_id, task.task_type, False, _latency_ms(task)))
 
     async def assignments(
         self, agent_id: str
     ) -> AsyncIterator[TaskRecord | AttemptCancellation | OrchestratorDraining]:
         """The agent's work, as long as the stream is open: first what it already holds (an assignment
-        may have been lost with a previous stream), then new claims whenever it has free slots, and
+        may have been lost with a previous stream), then what the dispatcher routes to it, and
         cancellations of what it holds as they happen."""
         if self.sessions.closing:
             raise Unavailable("this orchestrator is shutting down; connect to another instance")
-        profile = await self._registry.get_agent(validation.agent_id("agent_id", agent_id))
+        checked_id = validation.agent_id("agent_id", agent_id)
+        profile = self.directory.get(checked_id)
+        if profile is None or not self.directory.synced.is_set():
+            # Registered a moment ago, or the view is not in sync: ask the registry itself.
+            profile = await self._registry.get_agent(checked_id)
         stream_id = str(uuid.uuid4())
         with self.sessions.open(profile) as session:
             logger.info("agent %s connected (%d streams open)", agent_id, len(self.sessions))
             try:
-                async with session.claim_lock:
+                async with self.dispatcher.lock:
+                    # Anything a round queued for this agent before now is among what it holds.
+                    session.take_assignments()
                     await self._store.open_stream(agent_id, stream_id, self.instance_id)
                     held = await self._store.renew_held(agent_id)
                 for task in held:
                     yield task
-                refreshed_at = time.monotonic()
+                self.dispatcher.wake()
                 while not self.sessions.closing:
                     session.wakeup.clear()
-                    cancellations = session.take_cancellations()
-                    for cancellation in cancellations:
+                    for cancellation in session.take_cancellations():
                         yield cancellation
-                    if cancellations:
-                        # An attempt was taken back, perhaps because the agent is OFFLINE: ask the registry
-                        # before claiming, or the released tasks would come straight back to this stream.
-                        session.profile = await self._refreshed(session.profile)
-                        refreshed_at = time.monotonic()
-                    if session.profile.accepts_work:
-                        async with session.claim_lock:
-                            self._raise_if_superseded(session, agent_id)
-                            claimed = await self._store.claim(session.profile)
-                        for task in claimed:
-                            yield task
-                        if claimed:
-                            continue
+                    for task in session.take_assignments():
+                        yield task
+                    self._raise_if_superseded(session, agent_id)
+                    if agent_id in self.directory.removed:
+                        raise NotFound(f"agent '{agent_id}' was deregistered; register it again to receive work")
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(session.wakeup.wait(), self._poll_seconds)
-                    self._raise_if_superseded(session, agent_id)
-                    if time.monotonic() - refreshed_at >= PROFILE_REFRESH_SECONDS:
-                        session.profile = await self._refreshed(session.profile)
-                        refreshed_at = time.monotonic()
                 for cancellation in session.take_cancellations():
                     yield cancellation
                 yield OrchestratorDraining(f"orchestrator {self.instance_id} is shutting down; reconnect")
             finally:
+                session.closed = True
                 logger.info("agent %s disconnected", agent_id)
                 # Shielded: the stream's own cancellation must not cut the release short.
-                await asyncio.shield(self._stream_closed(agent_id, stream_id, replaced=session.superseded))
+                await asyncio.shield(self._stream_closed(session, stream_id))
 
-    async def _stream_closed(self, agent_id: str, stream_id: str, *, replaced: bool) -> None:
+    async def _stream_closed(self, session: AgentSession, stream_id: str) -> None:
         """A closed stream releases what its agent holds at once, for other agents to take, unless a
         newer stream replaced it, the agent is draining (it finishes its tasks, extending their leases),
-        or this orchestrator is shutting down (then after the grace period, see `shutdown`)."""
+        or this orchestrator is shutting down (then after the grace period, see `shutdown`). "At once" is
+        after RECONNECT_GRACE_SECONDS, so an agent that reconnects straight away keeps its tasks."""
+        agent_id = session.profile.id
         if self.sessions.closing:
             self._left_at_shutdown.append((agent_id, stream_id))
             return
-        if replaced:
+        if session.superseded or await self._reconnected_here(session):
             # The agent's newer stream here has (or is about to have) its row: never release.
             return
         release_reason: str | None = f"the assignment stream of agent '{agent_id}' closed"
         try:
+            # The registry itself, not the live view: an agent heartbeats DRAINING just before it
+            # closes its stream, and the view may be a moment behind.
             if (await self._registry.get_agent(agent_id)).draining:
                 release_reason = None
         except ArbiterError as error:
             logger.info("releasing agent %s's tasks without its status (%s)", agent_id, error)
         try:
-            released = await self._store.close_stream(agent_id, stream_id, release_reason)
+            async with self.dispatcher.lock:
+                released = await self._store.close_stream(agent_id, stream_id, release_reason)
         except psycopg.Error as error:
             logger.warning("could not release agent %s's tasks; their leases will: %s", agent_id, error)
             return
         if released:
             logger.info("agent %s's stream closed: released %d task(s)", agent_id, len(released))
-            for task_type in {task.task_type for task in released}:
-                self.sessions.wake_capable(task_type)
+            self.dispatcher.wake()
+
+    async def _reconnected_here(self, closed: AgentSession) -> bool:
+        """Waits a moment for the agent to reconnect (a network blip, a client retry): True if a newer
+        stream of it opened here."""
+        deadline = time.monotonic() + RECONNECT_GRACE_SECONDS
+        while not closed.superseded:
+            if time.monotonic() >= deadline or self.sessions.closing:
+                return False
+            await asyncio.sleep(RECONNECT_POLL_SECONDS)
+        return True
 
     async def shutdown(self, grace_seconds: float) -> None:
         """Streams say this orchestrator is draining and end; reports keep being accepted for up to
@@ -298,14 +372,16 @@ class Orchestrator:
                     if await self._is_alive(agent_id)
                     else (f"orchestrator {self.instance_id} shut down and agent '{agent_id}' is gone")
                 )
-                released = await self._store.close_stream(agent_id, stream_id, reason)
+                # This orchestrator's own shutdown: not held against the agent's track record.
+                released = await self._store.close_stream(agent_id, stream_id, reason, agent_failed=False)
                 if released:
                     logger.info("shutdown: released %d task(s) of agent %s", len(released), agent_id)
         except psycopg.Error as error:
             logger.warning("shutdown: could not release held tasks; their leases will: %s", error)
 
     async def _is_alive(self, agent_id: str) -> bool:
-        """Heartbeating (ONLINE, BUSY or DRAINING) by the registry's account; unknown counts as gone."""
+        """Heartbeating (ONLINE, BUSY or DRAINING) by the registry's own account (the live view may be
+        a moment behind); unknown counts as gone."""
         try:
             return (await self._registry.get_agent(agent_id)).alive
         except ArbiterError:
@@ -315,13 +391,3 @@ class Orchestrator:
     def _raise_if_superseded(session: AgentSession, agent_id: str) -> None:
         if session.superseded:
             raise Aborted(f"a newer assignment stream for agent '{agent_id}' replaced this one")
-
-    async def _refreshed(self, profile: AgentProfile) -> AgentProfile:
-        """The agent's current profile; the last known one while the registry is unreachable."""
-        try:
-            return await self._registry.get_agent(profile.id)
-        except NotFound:
-            raise NotFound(f"agent '{profile.id}' was deregistered; register it again to receive work") from None
-        except Unavailable as error:
-            logger.warning("keeping agent %s's last known profile: %s", profile.id, error)
-            return profile

@@ -9,6 +9,9 @@ import grpc
 from arbiter.v1 import orchestrator_service_pb2 as pb
 from arbiter.v1 import orchestrator_service_pb2_grpc as pb_grpc
 from services.orchestrator.convert import (
+    STRATEGY_TO_PB,
+    routing_decision_to_pb,
+    scored_agent_to_pb,
     state_from_pb,
     stream_message_to_pb,
     struct_to_dict,
@@ -117,7 +120,11 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         if size > self._orchestrator.max_payload_bytes:
             raise InvalidArgument("result", f"is {size} bytes; the limit is {self._orchestrator.max_payload_bytes}")
         task = await self._orchestrator.complete(
-            request.task_id, request.agent_id, request.attempt, struct_to_dict(request.result)
+            request.task_id,
+            request.agent_id,
+            request.attempt,
+            struct_to_dict(request.result),
+            request.quality if request.HasField("quality") else None,
         )
         return pb.CompleteTaskResponse(task=task_to_pb(task))
 
@@ -127,3 +134,15 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             request.task_id, request.agent_id, request.attempt, request.error, request.retryable
         )
         return pb.FailTaskResponse(task=task_to_pb(task))
+
+    @unary_errors
+    async def ExplainRouting(
+        self, request: pb.ExplainRoutingRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExplainRoutingResponse:
+        explanation = await self._orchestrator.explain_routing(request.task_id)
+        return pb.ExplainRoutingResponse(
+            task=task_to_pb(explanation.task),
+            decisions=[routing_decision_to_pb(decision) for decision in explanation.decisions],
+            strategy=STRATEGY_TO_PB[explanation.strategy],
+            candidates=[scored_agent_to_pb(candidate) for candidate in explanation.candidates],
+        )

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from services.orchestrator.domain import AgentProfile, AttemptCancellation
+from services.orchestrator.domain import AgentProfile, AttemptCancellation, TaskRecord
 
 
 @dataclass
@@ -16,14 +16,19 @@ class AgentSession:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     # Set when a newer stream for the same agent replaces this one.
     superseded: bool = False
-    # Shared by every stream of one agent: a replaced stream's claim in flight finishes before the new
-    # stream reads what the agent holds, so nothing it claimed is missed or over the agent's limit.
-    claim_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Set when the stream has ended (its release may still be pending): it gets no more work.
+    closed: bool = False
     # Cancellations of attempts this agent holds, to send before anything else.
     cancellations: list[AttemptCancellation] = field(default_factory=list)
+    # Tasks the dispatcher assigned to this agent, to send next.
+    assignments: list[TaskRecord] = field(default_factory=list)
 
     def take_cancellations(self) -> list[AttemptCancellation]:
         taken, self.cancellations = self.cancellations, []
+        return taken
+
+    def take_assignments(self) -> list[TaskRecord]:
+        taken, self.assignments = self.assignments, []
         return taken
 
 
@@ -44,8 +49,6 @@ class AgentSessions:
             previous.superseded = True
             previous.wakeup.set()
         session = AgentSession(profile)
-        if previous is not None:
-            session.claim_lock = previous.claim_lock
         self._sessions[profile.id] = session
         self.all_closed.clear()
         try:
@@ -59,17 +62,23 @@ class AgentSessions:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def wake_capable(self, task_type: str) -> None:
-        """New PENDING work of this type: wake the agents that could take it."""
-        for session in self._sessions.values():
-            if task_type in session.profile.task_types:
-                session.wakeup.set()
+    def __contains__(self, agent_id: object) -> bool:
+        session = self._sessions.get(agent_id) if isinstance(agent_id, str) else None
+        return session is not None and not session.closed
 
-    def wake(self, agent_id: str | None) -> None:
-        """The agent has a free slot again."""
-        session = self._sessions.get(agent_id) if agent_id else None
-        if session is not None:
-            session.wakeup.set()
+    def open_sessions(self) -> list[AgentSession]:
+        """The sessions whose streams are still open."""
+        return [session for session in self._sessions.values() if not session.closed]
+
+    def deliver(self, agent_id: str, task: TaskRecord) -> bool:
+        """Queues an assignment on the agent's stream; False when the agent has no stream here (any
+        more): the task stays assigned to it, and its reconnect re-sends it or its release frees it."""
+        session = self._sessions.get(agent_id)
+        if session is None or session.closed:
+            return False
+        session.assignments.append(task)
+        session.wakeup.set()
+        return True
 
     def send_cancellation(self, agent_id: str, cancellation: AttemptCancellation) -> None:
         """Queues the cancellation on the agent's stream if it is open in this process. An agent

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,9 +18,9 @@ from psycopg.types.json import Jsonb
 
 from services.orchestrator.domain import (
     MAX_ERROR_LENGTH,
-    AgentProfile,
     AttemptReport,
     NewTask,
+    RecordedDecision,
     Submitted,
     TaskCount,
     TaskEvent,
@@ -29,13 +30,15 @@ from services.orchestrator.domain import (
     end_of_attempt,
     seconds_text,
 )
+from services.orchestrator.planning import WorkQuery
+from services.orchestrator.routing import Decision, ScoredAgent, Strategy
 from shared.database import Pool
 
 _TASK_COLUMNS = """
     id::text AS id, task_type, state, payload, result, error, priority, required_languages,
     required_specializations, required_labels, attempt, max_attempts, timeout_ms, idempotency_key,
     assigned_agent_id, progress, progress_message, lease_expires_at, created_at, updated_at, not_before,
-    schedule_to_start_timeout_ms
+    schedule_to_start_timeout_ms, assigned_at
 """
 # The same columns where another table in the statement has an id too.
 _QUALIFIED_TASK_COLUMNS = ", ".join(f"t.{column.strip()}" for column in _TASK_COLUMNS.split(","))
@@ -69,6 +72,49 @@ def _insert_parameters(task: NewTask) -> dict[str, Any]:
     }
 
 
+_DECISION_COLUMNS = """
+    task_id::text AS task_id, attempt, agent_id, strategy, confidence, score, explored, reason, alternatives,
+    decided_at
+"""
+
+
+@dataclass(frozen=True)
+class Assigned:
+    """A task just assigned by the dispatcher, and why to that agent."""
+
+    task: TaskRecord
+    decision: Decision
+
+
+# Given the locked PENDING candidates, which to assign to whom (the rest stay PENDING).
+AssignmentPlanner = Callable[[list[TaskRecord]], list[tuple[TaskRecord, Decision]]]
+
+
+def _alternatives_json(decision: Decision) -> list[dict[str, Any]]:
+    return [
+        {"agent_id": alternative.agent_id, "score": alternative.score, "reason": alternative.reason}
+        for alternative in decision.alternatives
+    ]
+
+
+def _decision(row: dict[str, Any]) -> RecordedDecision:
+    return RecordedDecision(
+        attempt=row["attempt"],
+        decided_at=row["decided_at"],
+        decision=Decision(
+            agent_id=row["agent_id"],
+            strategy=Strategy(row["strategy"]),
+            score=row["score"],
+            confidence=row["confidence"],
+            explored=row["explored"],
+            reason=row["reason"],
+            alternatives=tuple(
+                ScoredAgent(each["agent_id"], each["score"], each.get("reason", "")) for each in row["alternatives"]
+            ),
+        ),
+    )
+
+
 def _record(row: dict[str, Any]) -> TaskRecord:
     return TaskRecord(
         id=row["id"],
@@ -95,13 +141,22 @@ def _record(row: dict[str, Any]) -> TaskRecord:
         updated_at=row["updated_at"],
         not_before=row["not_before"],
         schedule_to_start_timeout_ms=row["schedule_to_start_timeout_ms"],
+        assigned_at=row["assigned_at"],
     )
 
 
 class TaskStore:
-    def __init__(self, pool: Pool, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        lease_seconds: float,
+        agents_failed: Callable[[list[TaskRecord]], None] = lambda tasks: None,
+    ) -> None:
         self._pool = pool
         self._lease_seconds = lease_seconds
+        # Told, after commit, of attempts taken back from their agents (lease expired, timed out, agent
+        # gone), as they were before: these count against the agent's track record.
+        self._agents_failed = agents_failed
 
     async def insert_many(self, tasks: list[NewTask]) -> list[Submitted]:
         """insert_tasks: all rows in one transaction (all or none), in order. A task whose idempotency
@@ -192,50 +247,118 @@ class TaskStore:
             row = await cursor.fetchone()
         return _record(row) if row else None
 
-    async def claim(self, agent: AgentProfile) -> list[TaskRecord]:
-        """claim_tasks_for_agent: assigns to the agent at most (its concurrency - what it holds) PENDING
-        tasks it is capable of, highest priority then oldest. SKIP LOCKED means a row another claim
-        holds is skipped, never taken twice. Returned in claim order."""
+    async def held_counts(self, agent_ids: list[str]) -> dict[str, int]:
+        """count_held_by_agent: in-flight attempts per agent, for the agents given (absent means none)."""
         async with self._pool.connection() as connection:
             cursor = await connection.execute(
                 f"""
-                WITH held AS (
-                    SELECT count(*) AS n FROM tasks
-                    WHERE assigned_agent_id = %(agent_id)s AND state IN {_IN_FLIGHT}
-                ), candidate AS (
-                    SELECT id FROM tasks
-                    WHERE state = 'pending'
+                SELECT assigned_agent_id, count(*) AS held FROM tasks
+                WHERE assigned_agent_id = ANY(%s) AND state IN {_IN_FLIGHT}
+                GROUP BY assigned_agent_id
+                """,
+                (agent_ids,),
+            )
+            return {row["assigned_agent_id"]: row["held"] for row in await cursor.fetchall()}
+
+    async def dispatch(self, queries: list[WorkQuery], plan: AssignmentPlanner) -> list[Assigned]:
+        """dispatch_pending_tasks: in one transaction, locks PENDING tasks whose backoff is over, for each
+        query up to its limit of the given type that its agents can take, highest priority then oldest
+        (SKIP LOCKED: a row another orchestrator is dispatching is skipped, never taken twice); `plan`
+        picks an agent for some of them; those become ASSIGNED to it with their routing decisions. The
+        rest stay PENDING, untouched."""
+        if not queries:
+            return []
+        async with self._pool.connection() as connection, connection.transaction():
+            cursor = await connection.execute(
+                f"""
+                SELECT {_QUALIFIED_TASK_COLUMNS}
+                FROM jsonb_to_recordset(%(queries)s) AS q(task_type text, languages text[],
+                                                           specializations text[], labels jsonb, max_tasks int)
+                CROSS JOIN LATERAL (
+                    SELECT * FROM tasks
+                    WHERE state = 'pending' AND task_type = q.task_type
                       AND (not_before IS NULL OR not_before <= now())
-                      AND task_type = ANY(%(task_types)s)
-                      AND required_languages <@ %(languages)s
-                      AND required_specializations <@ %(specializations)s
-                      AND required_labels <@ %(labels)s
+                      AND required_languages <@ q.languages
+                      AND required_specializations <@ q.specializations
+                      AND required_labels <@ q.labels
                     ORDER BY priority DESC, created_at, id
-                    LIMIT GREATEST(0, %(capacity)s - (SELECT n FROM held))
+                    LIMIT q.max_tasks
                     FOR UPDATE SKIP LOCKED
-                )
+                ) t
+                """,
+                {"queries": Jsonb([query.as_json() for query in queries])},
+            )
+            unique = {row["id"]: _record(row) for row in await cursor.fetchall()}
+            planned = plan(list(unique.values()))
+            if not planned:
+                return []
+            cursor = await connection.execute(
+                f"""
                 UPDATE tasks t
-                SET state = 'assigned', assigned_agent_id = %(agent_id)s, assigned_at = clock_timestamp(),
+                SET state = 'assigned', assigned_agent_id = chosen.agent_id, assigned_at = clock_timestamp(),
                     lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
                     progress = 0, progress_message = '', not_before = NULL, error = '', updated_at = now()
-                FROM candidate
-                WHERE t.id = candidate.id
+                FROM unnest(%(ids)s::uuid[], %(agents)s::text[]) AS chosen(id, agent_id)
+                WHERE t.id = chosen.id
                 RETURNING {_QUALIFIED_TASK_COLUMNS}
                 """,
                 {
-                    "agent_id": agent.id,
-                    "task_types": agent.task_types,
-                    "languages": agent.languages,
-                    "specializations": agent.specializations,
-                    "labels": Jsonb(agent.labels),
-                    "capacity": agent.max_concurrent_tasks,
+                    "ids": [task.id for task, _ in planned],
+                    "agents": [decision.agent_id for _, decision in planned],
                     "lease_seconds": self._lease_seconds,
                 },
             )
-            rows = await cursor.fetchall()
-        tasks = [_record(row) for row in rows]
-        tasks.sort(key=lambda task: (-task.priority, task.created_at, task.id))
-        return tasks
+            assigned = {row["id"]: _record(row) for row in await cursor.fetchall()}
+            await connection.execute(
+                """
+                INSERT INTO routing_decisions (task_id, attempt, agent_id, strategy, confidence, score, explored,
+                                               reason, alternatives)
+                SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(agents)s::text[], %(strategies)s::text[],
+                                     %(confidences)s::float8[], %(scores)s::float8[], %(explored)s::bool[],
+                                     %(reasons)s::text[], %(alternatives)s::jsonb[])
+                ON CONFLICT (task_id, attempt) DO UPDATE
+                SET agent_id = excluded.agent_id, strategy = excluded.strategy, confidence = excluded.confidence,
+                    score = excluded.score, explored = excluded.explored, reason = excluded.reason,
+                    alternatives = excluded.alternatives, decided_at = now()
+                """,
+                {
+                    "ids": [task.id for task, _ in planned],
+                    "attempts": [task.attempt for task, _ in planned],
+                    "agents": [decision.agent_id for _, decision in planned],
+                    "strategies": [decision.strategy.value for _, decision in planned],
+                    "confidences": [decision.confidence for _, decision in planned],
+                    "scores": [decision.score for _, decision in planned],
+                    "explored": [decision.explored for _, decision in planned],
+                    "reasons": [decision.reason for _, decision in planned],
+                    "alternatives": [Jsonb(_alternatives_json(decision)) for _, decision in planned],
+                },
+            )
+        return [Assigned(assigned[task.id], decision) for task, decision in planned]
+
+    async def with_routing(self, records: list[TaskRecord]) -> list[TaskRecord]:
+        """latest_routing_decisions: each task with the decision for its latest routed attempt, if any."""
+        if not records:
+            return records
+        async with self._pool.connection() as connection:
+            cursor = await connection.execute(
+                f"""
+                SELECT DISTINCT ON (task_id) {_DECISION_COLUMNS} FROM routing_decisions
+                WHERE task_id = ANY(%s::uuid[])
+                ORDER BY task_id, attempt DESC
+                """,
+                ([record.id for record in records],),
+            )
+            latest = {row["task_id"]: _decision(row) for row in await cursor.fetchall()}
+        return [replace(record, routing=latest.get(record.id)) for record in records]
+
+    async def routing_decisions(self, task_id: str) -> list[RecordedDecision]:
+        """routing_decisions: every decision for the task, oldest attempt first."""
+        async with self._pool.connection() as connection:
+            cursor = await connection.execute(
+                f"SELECT {_DECISION_COLUMNS} FROM routing_decisions WHERE task_id = %s ORDER BY attempt",
+                (task_id,),
+            )
+            return [_decision(row) for row in await cursor.fetchall()]
 
     async def renew_held(self, agent_id: str) -> list[TaskRecord]:
         """renew_held_tasks: the tasks an agent holds, with fresh leases, oldest assignment first.
@@ -246,7 +369,7 @@ class TaskStore:
                 UPDATE tasks
                 SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s), updated_at = now()
                 WHERE assigned_agent_id = %(agent_id)s AND state IN {_IN_FLIGHT}
-                RETURNING {_TASK_COLUMNS}, assigned_at
+                RETURNING {_TASK_COLUMNS}
                 """,
                 {"agent_id": agent_id, "lease_seconds": self._lease_seconds},
             )
@@ -337,6 +460,7 @@ class TaskStore:
             lambda task: f"lease expired: no progress from agent '{task.assigned_agent_id}' in time",
             retryable=True,
             backoff=True,
+            agents_failed=True,
         )
 
     async def time_out_attempts(self, limit: int) -> list[TaskRecord]:
@@ -353,6 +477,7 @@ class TaskStore:
             lambda task: f"attempt {task.attempt} timed out after {seconds_text(task.timeout_ms or 0)}",
             retryable=True,
             backoff=True,
+            agents_failed=True,
         )
 
     async def fail_unstarted(self, limit: int) -> list[TaskRecord]:
@@ -375,6 +500,7 @@ class TaskStore:
             ),
             retryable=False,
             backoff=False,
+            agents_failed=False,
         )
 
     async def _sweep(
@@ -385,11 +511,15 @@ class TaskStore:
         *,
         retryable: bool,
         backoff: bool,
+        agents_failed: bool,
     ) -> list[TaskRecord]:
         async with self._pool.connection() as connection, connection.transaction():
             cursor = await connection.execute(select, parameters)
             tasks = [_record(row) for row in await cursor.fetchall()]
-            return await _end_attempts(connection, tasks, reason, retryable=retryable, backoff=backoff)
+            ended = await _end_attempts(connection, tasks, reason, retryable=retryable, backoff=backoff)
+        if agents_failed and tasks:
+            self._agents_failed(tasks)
+        return ended
 
     async def release_agent(self, agent_id: str, reason: str) -> list[TaskRecord]:
         """release_agent_tasks: every attempt the agent holds ends at once (no backoff), attempt bumped,
@@ -404,6 +534,7 @@ class TaskStore:
             lambda task: reason,
             retryable=True,
             backoff=False,
+            agents_failed=True,
         )
 
     async def count_held(self, agent_ids: list[str]) -> int:
@@ -467,7 +598,9 @@ class TaskStore:
                 (agent_id, stream_id, instance_id),
             )
 
-    async def close_stream(self, agent_id: str, stream_id: str, release_reason: str | None) -> list[TaskRecord]:
+    async def close_stream(
+        self, agent_id: str, stream_id: str, release_reason: str | None, *, agent_failed: bool = True
+    ) -> list[TaskRecord]:
         """close_agent_stream: forgets the stream if it is still the agent's latest and, given a reason,
         releases what the agent holds in the same transaction. A stream a newer one replaced releases
         nothing: the agent is connected again."""
@@ -487,7 +620,10 @@ class TaskStore:
                 (agent_id,),
             )
             tasks = [_record(row) for row in await cursor.fetchall()]
-            return await _end_attempts(connection, tasks, lambda task: release_reason, retryable=True, backoff=False)
+            ended = await _end_attempts(connection, tasks, lambda task: release_reason, retryable=True, backoff=False)
+        if tasks and agent_failed:
+            self._agents_failed(tasks)
+        return ended
 
     async def history(self, task_id: str) -> list[TaskEvent]:
         """task_history: the task's state changes, oldest first."""

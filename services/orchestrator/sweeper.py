@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from services.orchestrator.agent_directory import AgentDirectory
 from services.orchestrator.domain import TaskRecord
 from services.orchestrator.registry_client import RegistryClient
-from services.orchestrator.sessions import AgentSessions
 from services.orchestrator.storage import TaskStore
 from shared.errors import ArbiterError
 
@@ -42,14 +42,16 @@ class Sweeper:
         self,
         store: TaskStore,
         registry: RegistryClient,
-        sessions: AgentSessions,
+        directory: AgentDirectory,
+        wake_dispatcher: Callable[[], None],
         *,
         interval_seconds: float,
         retention: timedelta,
     ) -> None:
         self._store = store
         self._registry = registry
-        self._sessions = sessions
+        self._directory = directory
+        self._wake_dispatcher = wake_dispatcher
         self._interval_seconds = interval_seconds
         self._retention = retention
         self._last_sweep_at = datetime.now(UTC)
@@ -75,8 +77,8 @@ class Sweeper:
         counts.unstarted = await _repeat(self._store.fail_unstarted)
         counts.released_offline = await self._release_offline_agents()
         counts.woken_types = await self._store.types_ready_since(self._last_sweep_at)
-        for task_type in counts.woken_types:
-            self._sessions.wake_capable(task_type)
+        if counts.woken_types:
+            self._wake_dispatcher()
         self._last_sweep_at = started_at
         if time.monotonic() - self._last_prune >= PRUNE_EVERY_SECONDS:
             self._last_prune = time.monotonic()
@@ -91,7 +93,7 @@ class Sweeper:
         if not holders:
             return 0
         try:
-            gone = await self._registry.offline_among(holders)
+            gone = await self._offline_among(holders)
         except ArbiterError as error:
             logger.warning("cannot ask the registry which agents are offline: %s", error)
             return 0
@@ -102,6 +104,16 @@ class Sweeper:
             )
             released += len(tasks)
         return released
+
+    async def _offline_among(self, holders: set[str]) -> set[str]:
+        """OFFLINE or unregistered, from the live view while it is in sync; the registry is asked about
+        holders the view does not know (perhaps registered a moment ago) and about all while it is not."""
+        if not self._directory.synced.is_set():
+            return await self._registry.offline_among(holders)
+        known = {agent_id: self._directory.get(agent_id) for agent_id in holders}
+        gone = {agent_id for agent_id, agent in known.items() if agent is not None and agent.status == "OFFLINE"}
+        unknown = {agent_id for agent_id, agent in known.items() if agent is None}
+        return gone | (await self._registry.offline_among(unknown) if unknown else set())
 
 
 async def _repeat(step: Callable[[int], Awaitable[list[TaskRecord]]]) -> int:

@@ -1,10 +1,13 @@
-"""Wires the registry together: pool, storage, servicer, API-key check, gRPC server."""
+"""Wires the registry together: pool, storage, agent feed, servicer, API-key check, gRPC server."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 
 from arbiter.v1 import registry_service_pb2_grpc
+from services.registry.agent_feed import AgentFeed
 from services.registry.domain import Silence
 from services.registry.service import Registry
 from services.registry.servicer import RegistryServicer
@@ -20,6 +23,8 @@ from shared.server import RunningServer, start_server
 @dataclass
 class RegistryApp:
     pool: Pool
+    feed: AgentFeed
+    feed_task: asyncio.Task[None]
     server: RunningServer
 
     @property
@@ -27,19 +32,31 @@ class RegistryApp:
         return self.server.port
 
     async def stop(self, grace: float) -> None:
+        """Health NOT_SERVING; WatchAgents streams end at once (UNAVAILABLE: reconnect elsewhere), since
+        they would otherwise hold the server for the whole grace; unary calls get `grace` to finish."""
+        await self.server.stop_serving_health()
+        self.feed.close()
         await self.server.stop(grace)
+        await _cancel(self.feed_task)
         await self.pool.close()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def create_registry(config: Config) -> RegistryApp:
     """Starts the registry on config.registry_addr (port 0 picks a free port). Migrations are the caller's."""
-    pool = await open_pool(
-        config.require_database_url(), config.db_pool_min_size, config.db_pool_max_size, name="registry"
-    )
+    database_url = config.require_database_url()
+    pool = await open_pool(database_url, config.db_pool_min_size, config.db_pool_max_size, name="registry")
+    feed_task: asyncio.Task[None] | None = None
     try:
-        registry = Registry(
-            AgentStore(pool, Silence.for_interval(config.heartbeat_interval_seconds)), config.heartbeat_interval_seconds
-        )
+        store = AgentStore(pool, Silence.for_interval(config.heartbeat_interval_seconds))
+        feed = AgentFeed(database_url, store, config.heartbeat_interval_seconds)
+        feed_task = asyncio.create_task(feed.run())
+        registry = Registry(store, feed, config.heartbeat_interval_seconds, config.degradation_min_outcomes)
         interceptor = ApiKeyInterceptor(
             KeyCache(pool, config.auth_cache_seconds), method_permissions(REGISTRY_SERVICE, REGISTRY_ROLES)
         )
@@ -53,6 +70,8 @@ async def create_registry(config: Config) -> RegistryApp:
             pool,
         )
     except BaseException:
+        if feed_task is not None:
+            await _cancel(feed_task)
         await pool.close()
         raise
-    return RegistryApp(pool, server)
+    return RegistryApp(pool, feed, feed_task, server)

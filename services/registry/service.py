@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
 
-from services.registry.domain import AgentRecord, AgentRegistration, AgentStatus, validate_heartbeat
-from services.registry.storage import AgentStore
+from services.registry import metrics
+from services.registry.agent_feed import AgentFeed
+from services.registry.domain import (
+    AgentChanges,
+    AgentRecord,
+    AgentRegistration,
+    AgentStatus,
+    Candidate,
+    CandidateQuery,
+    Outcome,
+    RecordedOutcomes,
+    judge_degradation,
+    rank_candidates,
+    validate_heartbeat,
+)
+from services.registry.storage import AgentStore, DegradationUpdate
 from shared import validation
-from shared.errors import NotFound
+from shared.errors import NotFound, Unavailable
 from shared.pagination import decode_page_token, encode_page_token
 
 _PAGE_KEYS = frozenset({"after_id"})
+# How long a WatchAgents call waits for a starting registry's first read of every agent.
+FEED_READY_SECONDS = 10.0
 
 
 def _unknown_agent(agent_id: str) -> NotFound:
@@ -24,9 +43,17 @@ class AgentPage:
 
 
 class Registry:
-    def __init__(self, store: AgentStore, heartbeat_interval_seconds: float) -> None:
+    def __init__(
+        self,
+        store: AgentStore,
+        feed: AgentFeed,
+        heartbeat_interval_seconds: float,
+        degradation_min_outcomes: int,
+    ) -> None:
         self._store = store
+        self._feed = feed
         self.heartbeat_interval_seconds = heartbeat_interval_seconds
+        self._judge = partial(judge_degradation, min_outcomes=degradation_min_outcomes)
 
     async def register(self, registration: AgentRegistration) -> AgentRecord:
         return await self._store.upsert(registration)
@@ -65,3 +92,44 @@ class Registry:
         checked_id = validation.agent_id("agent_id", agent_id)
         if not await self._store.delete(checked_id):
             raise _unknown_agent(checked_id)
+
+    async def record_outcome(self, outcome: Outcome) -> AgentRecord:
+        """Records one outcome and returns the agent's updated record."""
+        recorded = await self._record([outcome])
+        if recorded.unknown_agent_ids:
+            raise _unknown_agent(outcome.agent_id)
+        return await self.get(outcome.agent_id)
+
+    async def record_outcomes(self, outcomes: Sequence[Outcome]) -> RecordedOutcomes:
+        """Records a batch in one transaction; outcomes of unregistered agents are dropped and named."""
+        return await self._record(outcomes)
+
+    async def _record(self, outcomes: Sequence[Outcome]) -> RecordedOutcomes:
+        recorded, degradation = await self._store.record_outcomes(outcomes, self._judge)
+        _update_metrics(degradation)
+        return recorded
+
+    async def find_candidates(self, query: CandidateQuery) -> list[Candidate]:
+        """The capable agents, ranked and cut to the limit, with their windows."""
+        ranked = rank_candidates(query, await self._store.capable_agents(query))
+        with_windows = await self._store.with_windows([candidate.agent for candidate in ranked])
+        return [replace(candidate, agent=agent) for candidate, agent in zip(ranked, with_windows, strict=True)]
+
+    async def watch(self) -> AsyncIterator[AgentChanges]:
+        """Every agent (in pages, the last marked complete), then every change, until the caller leaves
+        or the stream must end (it fell behind, or the registry stops: UNAVAILABLE)."""
+        try:
+            async with asyncio.timeout(FEED_READY_SECONDS):
+                await self._feed.ready.wait()
+        except TimeoutError:
+            raise Unavailable("the registry has not read its agents from the database yet; retry shortly") from None
+        with self._feed.subscribe() as subscription:
+            for page in subscription.snapshot_pages():
+                yield page
+            async for changes in subscription.changes():
+                yield changes
+
+
+def _update_metrics(degradation: DegradationUpdate) -> None:
+    metrics.AGENTS_DEGRADED.set(degradation.degraded_agents)
+    metrics.AGENT_DEGRADATIONS.inc(degradation.newly_degraded)
