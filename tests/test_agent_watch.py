@@ -114,10 +114,8 @@ async def test_an_empty_registry_sends_one_empty_snapshot_message_marked_complet
 async def test_the_snapshot_holds_every_agent_registered_before_the_watch(stack: Stack) -> None:
     for agent_id in ("agent-b", "agent-a"):
         await register(stack, agent_id)
-    first = watch(stack)
-    await first.snapshot()
-    # Once the feed has sent the registrations, every later snapshot holds them.
-    await first.agent_until(lambda agent: agent.id == "agent-b")
+    # Once the feed has the last registration it has the first: notifications come in commit order.
+    await watch_seeing(stack, "agent-a")
     assert snapshot_ids(await watch(stack).snapshot()) == ["agent-a", "agent-b"]
 
 
@@ -195,11 +193,16 @@ async def test_a_deregistration_arrives_as_a_removal(stack: Stack) -> None:
 
 
 async def test_a_silent_agent_turns_unhealthy_then_offline_in_the_stream(database_url: str) -> None:
-    async with running_stack(database_url, heartbeat_interval_seconds=0.2) as stack:
+    async with running_stack(database_url, heartbeat_interval_seconds=0.3) as stack:
         await register(stack, "agent-1")
-        watcher = await watch_seeing(stack, "agent-1")
-        await watcher.agent_until(lambda agent: agent.status == agent_pb2.AGENT_STATUS_UNHEALTHY)
-        await watcher.agent_until(lambda agent: agent.status == agent_pb2.AGENT_STATUS_OFFLINE)
+        watcher = watch(stack)
+        messages = await watcher.snapshot()
+        statuses = [agent.status for message in messages for agent in message.agents]
+        async with asyncio.timeout(CHANGE_SECONDS):
+            while agent_pb2.AGENT_STATUS_OFFLINE not in statuses:
+                statuses += [agent.status for agent in (await watcher.read()).agents]
+    # Silent for 3 intervals: UNHEALTHY; for 6: OFFLINE.
+    assert statuses[-2:] == [agent_pb2.AGENT_STATUS_UNHEALTHY, agent_pb2.AGENT_STATUS_OFFLINE]
 
 
 # The feed's connection.
