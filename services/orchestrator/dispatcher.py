@@ -74,8 +74,11 @@ class Dispatcher:
                 continue
             if assigned:
                 continue
+            # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow a cancellation that
+            # arrives as the event is set, and the loop would outlive its app.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self._poll_seconds)
+                async with asyncio.timeout(self._poll_seconds):
+                    await self._wakeup.wait()
 
     async def dispatch_once(self) -> list[Assigned]:
         async with self.lock:

@@ -299,7 +299,8 @@ class Orchestrator:
                     if agent_id in self.directory.removed:
                         raise NotFound(f"agent '{agent_id}' was deregistered; register it again to receive work")
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(session.wakeup.wait(), self._poll_seconds)
+                        async with asyncio.timeout(self._poll_seconds):
+                            await session.wakeup.wait()
                 for cancellation in session.take_cancellations():
                     yield cancellation
                 yield OrchestratorDraining(f"orchestrator {self.instance_id} is shutting down; reconnect")

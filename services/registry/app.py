@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 
 from arbiter.v1 import registry_service_pb2_grpc
@@ -17,7 +16,7 @@ from shared.auth import ApiKeyInterceptor
 from shared.config import Config
 from shared.database import Pool, open_pool
 from shared.permissions import REGISTRY_ROLES, REGISTRY_SERVICE, method_permissions
-from shared.server import RunningServer, start_server
+from shared.server import RunningServer, cancel_and_wait, start_server
 
 
 @dataclass
@@ -37,14 +36,8 @@ class RegistryApp:
         await self.server.stop_serving_health()
         self.feed.close()
         await self.server.stop(grace)
-        await _cancel(self.feed_task)
+        await cancel_and_wait([self.feed_task])
         await self.pool.close()
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def create_registry(config: Config) -> RegistryApp:
@@ -71,7 +64,7 @@ async def create_registry(config: Config) -> RegistryApp:
         )
     except BaseException:
         if feed_task is not None:
-            await _cancel(feed_task)
+            await cancel_and_wait([feed_task])
         await pool.close()
         raise
     return RegistryApp(pool, feed, feed_task, server)
