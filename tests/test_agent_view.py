@@ -46,7 +46,7 @@ async def view_shows(directory: AgentDirectory, what: str, **expected: Any) -> N
 
 
 async def test_the_view_follows_every_change_to_the_agents(database_url: str) -> None:
-    async with running_stack(database_url, heartbeat_interval_seconds=0.3) as stack:
+    async with running_stack(database_url, heartbeat_interval_seconds=0.5) as stack:
         directory = stack.orchestrator_app.orchestrator.directory
         registry, agent_key = stack.registry(), stack.keys[Role.AGENT]
         await register(registry, agent_key, "alpha", task_types=["review", "build"], max_concurrent_tasks=3)
