@@ -8,7 +8,7 @@ from datetime import datetime
 
 from services.orchestrator.domain import AgentProfile, TaskRecord, TaskState
 from services.orchestrator.routing import CandidateAgent, Router, ScoredAgent
-from shared.matching import can_take, unmet_requirement
+from shared.matching import Requirements, can_take, unmet_requirement
 
 # How many agents a message names before saying "and N more".
 NAMED_AGENTS = 5
@@ -21,16 +21,32 @@ def _named(agents: list[AgentProfile], describe: str) -> str:
     return ", ".join(names)
 
 
-def pending_reason(task: TaskRecord, fleet: Collection[AgentProfile], now: datetime) -> str:
-    """Why a PENDING task is still waiting; empty for a task in any other state."""
-    if task.state != TaskState.PENDING:
-        return ""
-    if task.not_before is not None and task.not_before > now:
-        return (
-            f"waiting out the retry backoff until {task.not_before.isoformat(timespec='seconds')} "
-            f"before attempt {task.attempt}"
-        )
-    required = task.routing_requirements
+class PendingReasons:
+    """Why PENDING tasks wait, for many tasks at once (a page of ListTasks): tasks that ask for the same
+    things share one reason, so the fleet is scanned once per kind of task, not once per task."""
+
+    def __init__(self, fleet: Collection[AgentProfile], now: datetime) -> None:
+        self._fleet = fleet
+        self._now = now
+        self._by_requirements: dict[tuple[str, frozenset[str], frozenset[str], frozenset[tuple[str, str]]], str] = {}
+
+    def of(self, task: TaskRecord) -> str:
+        """Why the task is still waiting; empty unless it is PENDING."""
+        if task.state != TaskState.PENDING:
+            return ""
+        if task.not_before is not None and task.not_before > self._now:
+            return (
+                f"waiting out the retry backoff until {task.not_before.isoformat(timespec='seconds')} "
+                f"before attempt {task.attempt}"
+            )
+        required = task.routing_requirements
+        key = (required.task_type, required.languages, required.specializations, frozenset(required.labels.items()))
+        if key not in self._by_requirements:
+            self._by_requirements[key] = _why_waiting(required, self._fleet)
+        return self._by_requirements[key]
+
+
+def _why_waiting(required: Requirements, fleet: Collection[AgentProfile]) -> str:
     unmet = unmet_requirement(required, [agent.capabilities for agent in fleet])
     if unmet is not None:
         return f"no registered agent offers {unmet}"

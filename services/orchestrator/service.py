@@ -33,7 +33,7 @@ from services.orchestrator.domain import (
     validate_report,
     why_report_is_stale,
 )
-from services.orchestrator.explain import pending_reason, scored_candidates
+from services.orchestrator.explain import PendingReasons, scored_candidates
 from services.orchestrator.notifications import TaskNotifications
 from services.orchestrator.outcomes import OutcomeReporter
 from services.orchestrator.registry_client import Outcome, RegistryClient
@@ -140,12 +140,9 @@ class Orchestrator:
         records = await self._store.with_routing(records)
         if not self.directory.ever_synced:
             return records
-        fleet = list(self.directory.agents())
-        now = datetime.now(UTC)
+        reasons = PendingReasons(list(self.directory.agents()), datetime.now(UTC))
         return [
-            replace(record, pending_reason=pending_reason(record, fleet, now))
-            if record.state == TaskState.PENDING
-            else record
+            replace(record, pending_reason=reasons.of(record)) if record.state == TaskState.PENDING else record
             for record in records
         ]
 
