@@ -43,9 +43,6 @@ class AgentDirectory:
     def agents(self) -> Iterable[AgentProfile]:
         return self._agents.values()
 
-    def __len__(self) -> int:
-        return len(self._agents)
-
     def outcomes_of_type(self, task_type: str) -> int:
         """Outcomes recorded on the task type across the fleet: the `t` of the routing strategies."""
         if self._outcomes_by_type is None:

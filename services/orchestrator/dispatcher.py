@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 from services.orchestrator.agent_directory import AgentDirectory
 from services.orchestrator.domain import AgentProfile
@@ -50,8 +49,6 @@ class Dispatcher:
         self._table = RoutingTable()
         # Held for a whole round; streams take it to open and close.
         self.lock = asyncio.Lock()
-        self.rounds = 0
-        self.last_round_seconds = 0.0
 
     def wake(self) -> None:
         """There may be work for a connected agent (new task, free slot, changed agent, ended backoff)."""
@@ -82,7 +79,6 @@ class Dispatcher:
 
     async def dispatch_once(self) -> list[Assigned]:
         async with self.lock:
-            started = time.perf_counter()
             profiles = [self._current_profile(session.profile) for session in self._sessions.open_sessions()]
             profiles = [
                 profile for profile in profiles if profile.accepts_work and profile.id not in self._directory.removed
@@ -102,8 +98,6 @@ class Dispatcher:
             )
             for each in assigned:
                 self._sessions.deliver(each.decision.agent_id, each.task)
-            self.rounds += 1
-            self.last_round_seconds = time.perf_counter() - started
             return assigned
 
     def _current_profile(self, known_at_connect: AgentProfile) -> AgentProfile:

@@ -31,7 +31,6 @@ class OutcomeReporter:
         self._waiting: deque[Outcome] = deque()
         self._ready = asyncio.Event()
         self.dropped = 0
-        self.sent = 0
 
     def record(self, outcome: Outcome) -> None:
         if len(self._waiting) >= MAX_WAITING:
@@ -41,10 +40,6 @@ class OutcomeReporter:
                 logger.warning("registry unreachable: %d outcomes dropped so far", self.dropped)
         self._waiting.append(outcome)
         self._ready.set()
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
 
     async def run(self) -> None:
         """Flushes until cancelled."""
@@ -66,7 +61,6 @@ class OutcomeReporter:
                 logger.warning("could not record %d outcomes yet: %s", len(batch), error)
                 self._waiting.extendleft(reversed(batch))
                 return False
-            self.sent += len(batch)
         self._ready.clear()
         return True
 
