@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TypeAlias
 
 import grpc
 
@@ -21,8 +24,40 @@ CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
 )
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+PemPath: TypeAlias = str | os.PathLike[str]
+
+
+def read_pem(path: PemPath, what: str) -> bytes:
+    """The file's bytes; a ValueError naming `what` and the path when it cannot be read or holds no PEM
+    (gRPC itself would only fail later, at the first connection, with a vaguer message)."""
+    try:
+        content = Path(path).read_bytes()
+    except OSError as error:
+        raise ValueError(f"cannot read {what} {os.fspath(path)!r}: {error.strerror or error}") from None
+    if b"-----BEGIN " not in content:
+        raise ValueError(f"{what} {os.fspath(path)!r} is not PEM (no -----BEGIN line)")
+    return content
+
+
+def channel_credentials(
+    ca_path: PemPath | None, cert_path: PemPath | None = None, key_path: PemPath | None = None
+) -> grpc.ChannelCredentials:
+    """TLS trusting the roots in `ca_path` (the system's when None) and, when given, presenting
+    `cert_path`/`key_path` as the client certificate for servers that require one (mutual TLS)."""
+    if (cert_path is None) != (key_path is None):
+        raise ValueError("a client certificate needs both files: the certificate and its private key")
+    return grpc.ssl_channel_credentials(
+        root_certificates=read_pem(ca_path, "TLS CA file") if ca_path is not None else None,
+        private_key=read_pem(key_path, "TLS client key file") if key_path is not None else None,
+        certificate_chain=read_pem(cert_path, "TLS client certificate file") if cert_path is not None else None,
+    )
+
+
+def open_channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
+    """Plaintext without credentials (local development), TLS with them."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
 
 
 def key_metadata(api_key: str) -> tuple[tuple[str, str], ...]:

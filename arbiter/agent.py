@@ -38,7 +38,7 @@ from google.protobuf.struct_pb2 import Struct
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from arbiter import settings
-from arbiter._grpc import is_transient, key_metadata, open_channel
+from arbiter._grpc import PemPath, is_transient, key_metadata, open_channel
 from arbiter.errors import ArbiterError, PermanentError
 from arbiter.models import optional_time, struct_to_dict
 from arbiter.v1 import agent_pb2
@@ -147,9 +147,15 @@ class Agent:
         registry: str | None = None,
         orchestrator: str | None = None,
         api_key: str | None = None,
+        tls: bool | None = None,
+        tls_ca: PemPath | None = None,
+        tls_client_cert: PemPath | None = None,
+        tls_client_key: PemPath | None = None,
     ) -> None:
         """Addresses and key not given come from ARBITER_REGISTRY_TARGET (or ARBITER_REGISTRY_ADDR),
-        ARBITER_ORCHESTRATOR_ADDR and ARBITER_API_KEY; the addresses default to 127.0.0.1:50051/50052."""
+        ARBITER_ORCHESTRATOR_ADDR and ARBITER_API_KEY; the addresses default to 127.0.0.1:50051/50052.
+        Plaintext unless TLS is asked for, as in `Client`: `tls=True`, `tls_ca`, `tls_client_cert` and
+        `tls_client_key`, or ARBITER_TLS_CA, ARBITER_TLS_CLIENT_CERT and ARBITER_TLS_CLIENT_KEY."""
         if max_concurrent_tasks < 1:
             raise ValueError(f"max_concurrent_tasks must be at least 1; got {max_concurrent_tasks}")
         self.id = id
@@ -162,6 +168,7 @@ class Agent:
         self.registry_address = registry or settings.registry_address()
         self.orchestrator_address = orchestrator or settings.orchestrator_address()
         self._metadata = key_metadata(settings.api_key(api_key))
+        self._credentials = settings.transport_credentials(tls, tls_ca, tls_client_cert, tls_client_key)
         self._handlers: dict[str, Handler] = {}
         # Keyed by (task id, attempt): a task taken back and handed out again is a new attempt.
         self._held: dict[tuple[str, int], _Attempt] = {}
@@ -232,8 +239,8 @@ class Agent:
         """Registers, then takes and runs work until `drain()` or `stop()`."""
         if not self._handlers:
             raise ValueError("the agent has no handlers: add one with @agent.handler('task-type')")
-        registry_channel = open_channel(self.registry_address)
-        orchestrator_channel = open_channel(self.orchestrator_address)
+        registry_channel = open_channel(self.registry_address, self._credentials)
+        orchestrator_channel = open_channel(self.orchestrator_address, self._credentials)
         self._registry = rpb_grpc.RegistryServiceStub(registry_channel)
         self._orchestrator = opb_grpc.OrchestratorServiceStub(orchestrator_channel)
         self._slots = asyncio.Semaphore(self.max_concurrent_tasks)

@@ -21,7 +21,7 @@ import grpc
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from arbiter import settings
-from arbiter._grpc import TRANSIENT_CODES, key_metadata, open_channel
+from arbiter._grpc import TRANSIENT_CODES, PemPath, key_metadata, open_channel
 from arbiter.errors import ArbiterError, WaitTimeout
 from arbiter.models import (
     AgentInfo,
@@ -58,15 +58,24 @@ class Client:
         *,
         registry_address: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        tls: bool | None = None,
+        tls_ca: PemPath | None = None,
+        tls_client_cert: PemPath | None = None,
+        tls_client_key: PemPath | None = None,
     ) -> None:
         """`address` is the orchestrator's; the registry's serves the agent calls. Those not given come
         from ARBITER_ORCHESTRATOR_ADDR, ARBITER_REGISTRY_TARGET (or ARBITER_REGISTRY_ADDR) and
-        ARBITER_API_KEY; the addresses default to 127.0.0.1:50052 and 127.0.0.1:50051."""
+        ARBITER_API_KEY; the addresses default to 127.0.0.1:50052 and 127.0.0.1:50051.
+
+        Plaintext unless TLS is asked for: `tls=True` (the system's roots), or a PEM file in `tls_ca`
+        (roots to trust) or `tls_client_cert`/`tls_client_key` (for mutual TLS), or their variables
+        ARBITER_TLS_CA, ARBITER_TLS_CLIENT_CERT and ARBITER_TLS_CLIENT_KEY."""
         self._address = address or settings.orchestrator_address()
         self._registry_address = registry_address or settings.registry_address()
         self._metadata = key_metadata(settings.api_key(api_key))
         self._timeout = timeout
-        self._channel = open_channel(self._address)
+        self._credentials = settings.transport_credentials(tls, tls_ca, tls_client_cert, tls_client_key)
+        self._channel = open_channel(self._address, self._credentials)
         self._orchestrator = opb_grpc.OrchestratorServiceStub(self._channel)
         self._registry_channel: grpc.aio.Channel | None = None
         self._registry: rpb_grpc.RegistryServiceStub | None = None
@@ -95,7 +104,7 @@ class Client:
 
     def _registry_stub(self) -> tuple[str, rpb_grpc.RegistryServiceStub]:
         if self._registry is None:
-            self._registry_channel = open_channel(self._registry_address)
+            self._registry_channel = open_channel(self._registry_address, self._credentials)
             self._registry = rpb_grpc.RegistryServiceStub(self._registry_channel)
         return self._registry_address, self._registry
 

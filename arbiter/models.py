@@ -294,6 +294,8 @@ class AgentInfo:
     # The last 5 minutes are much worse than the agent's 24 h baseline; `degraded_reason` says how.
     degraded: bool = False
     degraded_reason: str = ""
+    # The tenant the agent belongs to (the tenant of the key that registered it).
+    tenant: str = ""
 
     def performance_on(self, task_type: str) -> TaskTypePerformance | None:
         """The agent's record on one task type; None for a type it neither offers nor has done."""
@@ -325,6 +327,7 @@ class AgentInfo:
             windows=[PerformanceWindow.from_pb(window) for window in performance.windows],
             degraded=performance.degraded,
             degraded_reason=performance.degraded_reason,
+            tenant=agent.tenant,
         )
 
 

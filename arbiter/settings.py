@@ -1,9 +1,14 @@
-"""Where the SDK connects and with which key when the caller does not say: the same ARBITER_*
-variables the services and the `arbiter` command read, so one `source .arbiter/dev-keys.env` serves all."""
+"""Where the SDK connects, whether over TLS, and with which key when the caller does not say: the same
+ARBITER_* variables the services and the `arbiter` command read, so one `source .arbiter/dev-keys.env`
+serves all."""
 
 from __future__ import annotations
 
 import os
+
+import grpc
+
+from arbiter._grpc import PemPath, channel_credentials
 
 DEFAULT_REGISTRY = "127.0.0.1:50051"
 DEFAULT_ORCHESTRATOR = "127.0.0.1:50052"
@@ -36,3 +41,22 @@ def api_key(given: str | None) -> str:
             "no API key: pass api_key=… or set ARBITER_API_KEY (make run writes one to .arbiter/dev-keys.env)"
         )
     return key
+
+
+def transport_credentials(
+    tls: bool | None = None,
+    tls_ca: PemPath | None = None,
+    tls_client_cert: PemPath | None = None,
+    tls_client_key: PemPath | None = None,
+) -> grpc.ChannelCredentials | None:
+    """How to dial: None (plaintext) unless TLS is asked for. Files not given come from ARBITER_TLS_CA,
+    ARBITER_TLS_CLIENT_CERT and ARBITER_TLS_CLIENT_KEY; any of them set means TLS, as does tls=True
+    (with the system's roots when no CA is given). tls=False means plaintext whatever is set."""
+    if tls is False:
+        return None
+    ca = tls_ca or os.environ.get("ARBITER_TLS_CA") or None
+    client_cert = tls_client_cert or os.environ.get("ARBITER_TLS_CLIENT_CERT") or None
+    client_key = tls_client_key or os.environ.get("ARBITER_TLS_CLIENT_KEY") or None
+    if not tls and ca is None and client_cert is None and client_key is None:
+        return None
+    return channel_credentials(ca, client_cert, client_key)

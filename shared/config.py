@@ -11,6 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from shared.api_keys import KeyHasher, MissingPepper
+from shared.rate_limits import DEFAULT_RATE_LIMITS, BucketLimit, parse_rate_limits
+
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -84,6 +87,30 @@ def _seed(value: str) -> int:
     return int(value)
 
 
+# Room for the ids, labels and other fields around a payload in one message.
+MESSAGE_HEADROOM_BYTES = 64 * 1024
+# gRPC takes its limits as 32-bit ints.
+_LARGEST_GRPC_LIMIT = 2**31 - 1
+
+
+def _grpc_limit(value: str) -> int:
+    number = int(value)
+    if not 1 <= number <= _LARGEST_GRPC_LIMIT:
+        raise ValueError(f"expected a whole number from 1 to {_LARGEST_GRPC_LIMIT}")
+    return number
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _boolean(value: str) -> bool:
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ValueError("expected true or false")
+
+
 @dataclass(frozen=True)
 class Setting:
     env: str
@@ -123,6 +150,14 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         _text,
         "API key (role `service`) the orchestrator sends to the registry. Required by the orchestrator.",
+    ),
+    Setting(
+        "ARBITER_API_KEY_PEPPER",
+        "api_key_pepper",
+        None,
+        _text,
+        "Secret (32+ characters, the same on every instance) under which API key hashes are kept "
+        "(HMAC-SHA-256). Required by the services and by `arbiter keys`.",
     ),
     Setting(
         "ARBITER_REGISTRY_RETRY_SECONDS",
@@ -272,6 +307,85 @@ SETTINGS: tuple[Setting, ...] = (
         "The registry flags an agent as degraded only with at least this many outcomes in the last 5 "
         "minutes and in its 24 h baseline.",
     ),
+    Setting(
+        "ARBITER_TLS_CERT",
+        "tls_cert",
+        None,
+        _text,
+        "Services: PEM file of the server's certificate chain; with ARBITER_TLS_KEY, the service serves TLS only. "
+        "The orchestrator also presents it to the registry unless ARBITER_TLS_CLIENT_CERT is set.",
+    ),
+    Setting("ARBITER_TLS_KEY", "tls_key", None, _text, "Services: PEM file of the private key of ARBITER_TLS_CERT."),
+    Setting(
+        "ARBITER_TLS_CLIENT_CA",
+        "tls_client_ca",
+        None,
+        _text,
+        "Services: PEM file of the CA(s) that sign client certificates; when set, every client must present "
+        "one (mutual TLS). Needs ARBITER_TLS_CERT.",
+    ),
+    Setting(
+        "ARBITER_TLS_CA",
+        "tls_ca",
+        None,
+        _text,
+        "PEM file of the roots outgoing connections trust (the orchestrator dialing the registry, the SDK, the "
+        "`arbiter` command); unset means the system's roots. Setting it makes the SDK and the command dial TLS.",
+    ),
+    Setting(
+        "ARBITER_TLS_CLIENT_CERT",
+        "tls_client_cert",
+        None,
+        _text,
+        "PEM file of the client certificate outgoing connections present when the server asks for one "
+        "(mutual TLS); with ARBITER_TLS_CLIENT_KEY.",
+    ),
+    Setting(
+        "ARBITER_TLS_CLIENT_KEY",
+        "tls_client_key",
+        None,
+        _text,
+        "PEM file of the private key of ARBITER_TLS_CLIENT_CERT.",
+    ),
+    Setting(
+        "ARBITER_ALLOW_INSECURE",
+        "allow_insecure",
+        "false",
+        _boolean,
+        "Services: `true` lets a service without ARBITER_TLS_CERT/KEY serve plaintext (development; `make run` "
+        "sets it). Otherwise such a service refuses to start.",
+    ),
+    Setting(
+        "ARBITER_RATE_LIMITS",
+        "rate_limits",
+        DEFAULT_RATE_LIMITS,
+        parse_rate_limits,
+        "Per API key and per process: calls per second/burst for each role, e.g. `agent=1000/2000,viewer=20/50`; "
+        "roles not named keep their default, `role=unlimited` turns a role's limit off (README, Rate limits).",
+    ),
+    Setting(
+        "ARBITER_MAX_CONCURRENT_RPCS",
+        "max_concurrent_rpcs",
+        "10000",
+        _grpc_limit,
+        "Calls (open streams included) each service runs at once; beyond it a call answers RESOURCE_EXHAUSTED.",
+    ),
+    Setting(
+        "ARBITER_MAX_MESSAGE_BYTES",
+        "max_message_bytes",
+        str(8 * 1024 * 1024),
+        _grpc_limit,
+        "Largest gRPC message a service receives or sends; larger answers RESOURCE_EXHAUSTED. Must exceed "
+        "ARBITER_MAX_PAYLOAD_BYTES by at least 64 KiB.",
+    ),
+    Setting(
+        "ARBITER_AUDIT_RETENTION_DAYS",
+        "audit_retention_days",
+        "90",
+        _positive_int,
+        "Audit events (every mutating and every denied call) are deleted this many days after the call, in "
+        "batches (README, Audit log).",
+    ),
     Setting("ARBITER_LOG_LEVEL", "log_level", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR."),
     Setting(
         "ARBITER_STATE_DIR",
@@ -290,6 +404,7 @@ class Config:
     orchestrator_addr: str
     registry_target: str | None
     service_key: str | None
+    api_key_pepper: str | None
     registry_retry_seconds: float
     db_pool_min_size: int
     db_pool_max_size: int
@@ -312,6 +427,17 @@ class Config:
     ucb_new_agent_bonus: float
     routing_load_weight: float
     degradation_min_outcomes: int
+    tls_cert: str | None
+    tls_key: str | None
+    tls_client_ca: str | None
+    tls_ca: str | None
+    tls_client_cert: str | None
+    tls_client_key: str | None
+    allow_insecure: bool
+    rate_limits: dict[str, BucketLimit]
+    max_concurrent_rpcs: int
+    max_message_bytes: int
+    audit_retention_days: int
     log_level: str
     state_dir: str
 
@@ -332,6 +458,12 @@ class Config:
                 problems.append(f"{setting.env}={raw!r}: {error}")
         if not problems and values["db_pool_min_size"] > values["db_pool_max_size"]:
             problems.append("ARBITER_DB_POOL_MIN_SIZE is above ARBITER_DB_POOL_MAX_SIZE")
+        if not problems and values["max_message_bytes"] < values["max_payload_bytes"] + MESSAGE_HEADROOM_BYTES:
+            problems.append(
+                f"ARBITER_MAX_MESSAGE_BYTES ({values['max_message_bytes']}) must exceed ARBITER_MAX_PAYLOAD_BYTES "
+                f"({values['max_payload_bytes']}) by at least {MESSAGE_HEADROOM_BYTES}, room for the rest of a message "
+                "that carries a payload: raise the first or lower the second"
+            )
         if problems:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
         return cls(**values)
@@ -351,6 +483,13 @@ class Config:
                 "to the registry (create one with `arbiter keys create --role service`)"
             )
         return self.service_key
+
+    def key_hasher(self) -> KeyHasher:
+        """The hasher of API key secrets; ConfigError when the pepper is missing or too short."""
+        try:
+            return KeyHasher(self.api_key_pepper or "")
+        except MissingPepper as error:
+            raise ConfigError(str(error)) from None
 
     @property
     def registry_dial_target(self) -> str:

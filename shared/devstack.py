@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -15,7 +16,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from arbiter.settings import dial_address
-from shared.api_keys import Role, create_key, find_role, hash_secret
+from shared import tenancy
+from shared.api_keys import KeyHasher, KeySpec, Role, create_key, find_key
 from shared.config import Config, ConfigError
 from shared.database import migrate, open_pool
 from shared.embedded_postgres import database_url
@@ -30,6 +32,25 @@ def key_variable(role: Role) -> str:
     return f"ARBITER_{role.name}_KEY"
 
 
+def dev_key_spec(role: Role) -> KeySpec:
+    """One key per role in the default tenant; the `service` one acts in every tenant, since it is the
+    orchestrator's own key (ARBITER_SERVICE_KEY)."""
+    tenant = tenancy.ALL_TENANTS if role == Role.SERVICE else tenancy.DEFAULT_TENANT
+    return KeySpec(role=role, tenant=tenant, description=DEV_KEY_DESCRIPTION)
+
+
+def ensure_pepper(state_dir: Path) -> str:
+    """ARBITER_API_KEY_PEPPER if set, else the one kept in the state directory (made on the first run),
+    so dev keys keep working across restarts."""
+    if os.environ.get("ARBITER_API_KEY_PEPPER"):
+        return os.environ["ARBITER_API_KEY_PEPPER"]
+    path = state_dir / "api-key-pepper"
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
 def read_keys_file(path: Path) -> dict[str, str]:
     if not path.exists():
         return {}
@@ -41,7 +62,7 @@ def read_keys_file(path: Path) -> dict[str, str]:
     return entries
 
 
-async def ensure_dev_keys(url: str, existing: dict[str, str]) -> dict[Role, str]:
+async def ensure_dev_keys(url: str, hasher: KeyHasher, existing: dict[str, str]) -> dict[Role, str]:
     """One key per role: the existing ones while every one is valid in this database (so running
     agents keep working across restarts), otherwise all created afresh."""
     pool = await open_pool(url, 1, 1, name="devstack")
@@ -49,23 +70,25 @@ async def ensure_dev_keys(url: str, existing: dict[str, str]) -> dict[Role, str]
         keys: dict[Role, str] = {}
         for role in Role:
             secret = existing.get(key_variable(role))
-            if secret and await find_role(pool, hash_secret(secret)) == role:
+            key = await find_key(pool, hasher, secret) if secret else None
+            if secret and key is not None and (key.role, key.tenant) == (role, dev_key_spec(role).tenant):
                 keys[role] = secret
         if len(keys) == len(Role):
             return keys
-        keys = {role: (await create_key(pool, role, DEV_KEY_DESCRIPTION)).secret for role in Role}
+        keys = {role: (await create_key(pool, hasher, dev_key_spec(role))).secret for role in Role}
     finally:
         await pool.close()
     return keys
 
 
-def write_keys_file(path: Path, keys: dict[Role, str]) -> None:
-    """One line per role, plus ARBITER_API_KEY (the admin key) for the `arbiter` command; exported,
-    so that `source`-ing the file hands them to the commands the shell runs."""
+def write_keys_file(path: Path, keys: dict[Role, str], pepper: str) -> None:
+    """One line per role, plus ARBITER_API_KEY (the admin key) for the `arbiter` command and the pepper
+    for `arbiter keys`; exported, so that `source`-ing the file hands them to the commands the shell runs."""
     path.touch(mode=0o600)
     path.chmod(0o600)
     lines = [f"export {key_variable(role)}={secret}\n" for role, secret in keys.items()]
     lines.append(f"export ARBITER_API_KEY={keys[Role.ADMIN]}\n")
+    lines.append(f"export ARBITER_API_KEY_PEPPER={pepper}\n")
     path.write_text("".join(lines))
 
 
@@ -101,6 +124,16 @@ def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
+def services_environment(url: str, service_key: str) -> dict[str, str]:
+    """This environment for the services, plaintext on purpose: ARBITER_TLS_* variables are left out,
+    since the health checks here and the banner's commands dial plaintext."""
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("ARBITER_TLS_")}
+    environment.update(
+        {"ARBITER_DATABASE_URL": url, "ARBITER_SERVICE_KEY": service_key, "ARBITER_ALLOW_INSECURE": "true"}
+    )
+    return environment
+
+
 def banner(config: Config, keys_path: Path) -> str:
     registry, orchestrator = dial_address(config.registry_addr), dial_address(config.orchestrator_addr)
     return f"""
@@ -108,6 +141,8 @@ Arbiter is running.
   registry      {registry}
   orchestrator  {orchestrator}
   API keys      {keys_path}  (one per role)
+  TLS           OFF: plaintext (ARBITER_ALLOW_INSECURE=true), fine on this machine only. To serve TLS, run
+                the services yourself with ARBITER_TLS_CERT and ARBITER_TLS_KEY (README, TLS).
 
 Try it, in another terminal:
   source {keys_path}   (sets ARBITER_API_KEY and one key per role)
@@ -138,9 +173,10 @@ def run(config: Config) -> int:
     with database_url(config) as url:
         asyncio.run(migrate(url))
         keys_path = state_dir / "dev-keys.env"
-        keys = asyncio.run(ensure_dev_keys(url, read_keys_file(keys_path)))
-        write_keys_file(keys_path, keys)
-        environment = {**os.environ, "ARBITER_DATABASE_URL": url, "ARBITER_SERVICE_KEY": keys[Role.SERVICE]}
+        pepper = ensure_pepper(state_dir)
+        keys = asyncio.run(ensure_dev_keys(url, KeyHasher(pepper), read_keys_file(keys_path)))
+        write_keys_file(keys_path, keys, pepper)
+        environment = {**services_environment(url, keys[Role.SERVICE]), "ARBITER_API_KEY_PEPPER": pepper}
         processes: list[subprocess.Popen[bytes]] = []
         try:
             for module, address in (

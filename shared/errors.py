@@ -39,6 +39,10 @@ class FailedPrecondition(ArbiterError):
     pass
 
 
+class PermissionDenied(ArbiterError):
+    pass
+
+
 class AlreadyExists(ArbiterError):
     pass
 
@@ -59,6 +63,7 @@ STATUS_BY_ERROR: dict[type[ArbiterError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     Aborted: grpc.StatusCode.ABORTED,
@@ -81,7 +86,7 @@ def _database_error(error: psycopg.Error) -> ArbiterError:
     return Internal("internal database error; see the server log")
 
 
-def _status_for(error: ArbiterError) -> grpc.Status:
+def status_for(error: ArbiterError) -> grpc.Status:
     code = STATUS_BY_ERROR[type(error)]
     status = status_pb2.Status(code=code.value[0], message=str(error))
     if isinstance(error, InvalidArgument):
@@ -112,10 +117,10 @@ def unary_errors(
         try:
             return await method(self, request, context)
         except ArbiterError as error:
-            await context.abort_with_status(_status_for(error))
+            await context.abort_with_status(status_for(error))
             raise AssertionError("abort_with_status returned") from error
         except psycopg.Error as error:
-            await context.abort_with_status(_status_for(_database_error(error)))
+            await context.abort_with_status(status_for(_database_error(error)))
             raise AssertionError("abort_with_status returned") from error
 
     return wrapper
@@ -132,8 +137,8 @@ def stream_errors(
             async for item in method(self, request, context):
                 yield item
         except ArbiterError as error:
-            await context.abort_with_status(_status_for(error))
+            await context.abort_with_status(status_for(error))
         except psycopg.Error as error:
-            await context.abort_with_status(_status_for(_database_error(error)))
+            await context.abort_with_status(status_for(_database_error(error)))
 
     return wrapper

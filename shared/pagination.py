@@ -7,6 +7,7 @@ import binascii
 import json
 from typing import Any
 
+from shared import validation
 from shared.errors import InvalidArgument
 
 
@@ -18,6 +19,7 @@ def decode_page_token(field: str, token: str, expected_keys: frozenset[str]) -> 
     """None for the first page; the position for a token this server issued."""
     if not token:
         return None
+    validation.page_token(field, token)
     try:
         position = json.loads(base64.urlsafe_b64decode(token.encode()))
     except (binascii.Error, ValueError, UnicodeDecodeError):

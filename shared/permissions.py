@@ -1,44 +1,84 @@
-"""Which roles may call which RPC: the one table the README documents and the tests check."""
+"""Which roles may call which RPC, and which RPCs change something (and so are audited): the one
+table the README documents and the tests check."""
 
 from __future__ import annotations
 
 from shared.api_keys import Role
 
-ADMIN, SERVICE, SUBMITTER, AGENT, VIEWER = Role.ADMIN, Role.SERVICE, Role.SUBMITTER, Role.AGENT, Role.VIEWER
+ADMIN, OPERATOR, SERVICE, SUBMITTER, AGENT, VIEWER = (
+    Role.ADMIN,
+    Role.OPERATOR,
+    Role.SERVICE,
+    Role.SUBMITTER,
+    Role.AGENT,
+    Role.VIEWER,
+)
+EVERYONE = frozenset(Role)
 
 REGISTRY_SERVICE = "arbiter.v1.RegistryService"
 ORCHESTRATOR_SERVICE = "arbiter.v1.OrchestratorService"
+ADMIN_SERVICE = "arbiter.v1.AdminService"
 
-# RPC name -> roles allowed. Agents act for themselves; submitters and services send work;
-# viewers only read; admins may do everything.
+# RPC name -> roles allowed. Agents act for themselves; submitters and services send work; operators
+# watch and intervene (cancel, deregister) but neither submit nor act as agents; viewers only read;
+# admins may do everything in their tenant, and alone manage keys and read the audit log.
 REGISTRY_ROLES: dict[str, frozenset[Role]] = {
     "RegisterAgent": frozenset({ADMIN, AGENT}),
     "Heartbeat": frozenset({ADMIN, AGENT}),
-    "GetAgent": frozenset({ADMIN, SERVICE, SUBMITTER, AGENT, VIEWER}),
-    "ListAgents": frozenset({ADMIN, SERVICE, SUBMITTER, AGENT, VIEWER}),
-    "DeregisterAgent": frozenset({ADMIN, AGENT}),
-    "FindCandidates": frozenset({ADMIN, SERVICE, SUBMITTER, AGENT, VIEWER}),
+    "GetAgent": EVERYONE,
+    "ListAgents": EVERYONE,
+    "DeregisterAgent": frozenset({ADMIN, OPERATOR, AGENT}),
+    "FindCandidates": EVERYONE,
     # Track records are written only by the orchestrators (their service key) and admins.
     "RecordOutcome": frozenset({ADMIN, SERVICE}),
     "RecordOutcomes": frozenset({ADMIN, SERVICE}),
-    "WatchAgents": frozenset({ADMIN, SERVICE, VIEWER}),
+    "WatchAgents": frozenset({ADMIN, OPERATOR, SERVICE, VIEWER}),
 }
 
 ORCHESTRATOR_ROLES: dict[str, frozenset[Role]] = {
     "SubmitTask": frozenset({ADMIN, SERVICE, SUBMITTER}),
     "SubmitTasks": frozenset({ADMIN, SERVICE, SUBMITTER}),
-    "GetTask": frozenset({ADMIN, SERVICE, SUBMITTER, AGENT, VIEWER}),
-    "WatchTask": frozenset({ADMIN, SERVICE, SUBMITTER, AGENT, VIEWER}),
-    "GetTaskHistory": frozenset({ADMIN, SERVICE, SUBMITTER, AGENT, VIEWER}),
-    "ListTasks": frozenset({ADMIN, SERVICE, SUBMITTER, VIEWER}),
-    "CancelTask": frozenset({ADMIN, SERVICE, SUBMITTER}),
-    "GetQueueStats": frozenset({ADMIN, SERVICE, SUBMITTER, VIEWER}),
+    "GetTask": EVERYONE,
+    "WatchTask": EVERYONE,
+    "GetTaskHistory": EVERYONE,
+    "ListTasks": frozenset({ADMIN, OPERATOR, SERVICE, SUBMITTER, VIEWER}),
+    "CancelTask": frozenset({ADMIN, OPERATOR, SERVICE, SUBMITTER}),
+    "GetQueueStats": frozenset({ADMIN, OPERATOR, SERVICE, SUBMITTER, VIEWER}),
     "StreamAssignments": frozenset({ADMIN, AGENT}),
     "ReportProgress": frozenset({ADMIN, AGENT}),
     "CompleteTask": frozenset({ADMIN, AGENT}),
     "FailTask": frozenset({ADMIN, AGENT}),
-    "ExplainRouting": frozenset({ADMIN, SERVICE, SUBMITTER, AGENT, VIEWER}),
+    "ExplainRouting": EVERYONE,
 }
+
+ADMIN_ROLES: dict[str, frozenset[Role]] = {
+    "CreateApiKey": frozenset({ADMIN}),
+    "ListApiKeys": frozenset({ADMIN}),
+    "RotateApiKey": frozenset({ADMIN}),
+    "RevokeApiKey": frozenset({ADMIN}),
+    "ListAuditEvents": frozenset({ADMIN}),
+}
+
+# Every call of these is written to the audit log (denied calls of any RPC are too).
+MUTATING_RPCS = frozenset(
+    {
+        "RegisterAgent",
+        "Heartbeat",
+        "DeregisterAgent",
+        "RecordOutcome",
+        "RecordOutcomes",
+        "SubmitTask",
+        "SubmitTasks",
+        "CancelTask",
+        "StreamAssignments",
+        "ReportProgress",
+        "CompleteTask",
+        "FailTask",
+        "CreateApiKey",
+        "RotateApiKey",
+        "RevokeApiKey",
+    }
+)
 
 
 def method_permissions(service: str, roles_by_rpc: dict[str, frozenset[Role]]) -> dict[str, frozenset[Role]]:

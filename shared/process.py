@@ -13,6 +13,7 @@ import psycopg
 from shared.config import Config, ConfigError
 from shared.database import MigrationError, migrate
 from shared.server import AddressInUse, configure_logging, wait_for_stop_signal
+from shared.tls import require_transport_security
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ def run_service(name: str, create: Callable[[Config], Awaitable[ServiceApp]]) ->
     """The body of `python -m services.<name>`: exits 2 on bad configuration, 1 on start-up failure."""
     try:
         config = Config.from_env()
+        # Settings that only the services need, checked before anything touches the database.
+        require_transport_security(config)
+        config.key_hasher()
     except ConfigError as error:
         print(f"{name}: {error}", file=sys.stderr)
         sys.exit(2)

@@ -13,18 +13,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from shared.config import Config
 from shared.database import Pool, database_answers
 
 logger = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 HEALTH_CHECK_SECONDS = 2.0
 
 SERVER_OPTIONS: Sequence[tuple[str, int]] = (
     # Without this a second server silently binds the same port.
     ("grpc.so_reuseport", 0),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     # Keep long-lived assignment streams alive through idle proxies, and let clients ping every 10 s.
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -38,6 +36,32 @@ CANCEL_RETRY_SECONDS = 0.1
 
 class AddressInUse(Exception):
     pass
+
+
+_LARGEST_GRPC_INT = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one server accepts at most; beyond either, gRPC itself answers RESOURCE_EXHAUSTED."""
+
+    max_concurrent_rpcs: int
+    max_message_bytes: int
+
+    @classmethod
+    def from_config(cls, config: Config) -> ServerLimits:
+        return cls(max_concurrent_rpcs=config.max_concurrent_rpcs, max_message_bytes=config.max_message_bytes)
+
+    def options(self) -> list[tuple[str, int]]:
+        return [
+            *SERVER_OPTIONS,
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            # gRPC cancels calls at random once more than 1,000 have arrived and not yet been taken up
+            # (3,000: all of them): a thousand agents reconnecting at once would lose some streams.
+            ("grpc.server.max_pending_requests", self.max_concurrent_rpcs),
+            ("grpc.server.max_pending_requests_hard_limit", min(2 * self.max_concurrent_rpcs, _LARGEST_GRPC_INT)),
+        ]
 
 
 @dataclass
@@ -92,18 +116,37 @@ async def start_server(
     add_servicers: Callable[[grpc.aio.Server], None],
     interceptors: Sequence[grpc.aio.ServerInterceptor],
     pool: Pool,
+    *,
+    limits: ServerLimits,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> RunningServer:
-    """Starts a gRPC server on `address` (port 0 picks a free port) with health and reflection."""
-    server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+    """Starts a gRPC server on `address` (port 0 picks a free port) with health and reflection; TLS with
+    `credentials` (shared/tls.py), plaintext without, which is logged as a warning."""
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=limits.options(),
+        # Open streams count too: each connected agent holds a StreamAssignments stream.
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
+    )
     add_servicers(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as error:
         raise AddressInUse(f"cannot listen on {address}: the port is taken or the address is not local") from error
     await server.start()
+    if credentials is None:
+        logger.warning(
+            "TLS is off: %s serves plaintext on port %d (ARBITER_ALLOW_INSECURE=true); anyone on the network can "
+            "read API keys and payloads. Set ARBITER_TLS_CERT and ARBITER_TLS_KEY to serve TLS.",
+            ", ".join(service_names),
+            port,
+        )
     health_task = asyncio.create_task(_track_database_health(pool, health_servicer, service_names))
     return RunningServer(server=server, port=port, health=health_servicer, health_task=health_task)
 

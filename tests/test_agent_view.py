@@ -13,6 +13,7 @@ from arbiter.v1 import registry_service_pb2 as rpb
 from services.orchestrator.agent_directory import AgentDirectory
 from services.registry.app import create_registry
 from shared.api_keys import Role
+from shared.tenancy import DEFAULT_TENANT, qualify
 from tests.support.stack import Stack, config_for_tests, metadata, running_stack
 from tests.support.waiting import eventually
 
@@ -37,7 +38,7 @@ async def view_shows(directory: AgentDirectory, what: str, **expected: Any) -> N
 
     def matches() -> bool:
         for agent_id, status in expected.items():
-            agent = directory.get(agent_id)
+            agent = directory.get(qualify(DEFAULT_TENANT, agent_id))
             if (agent.status if agent else None) != status:
                 return False
         return True
@@ -51,7 +52,7 @@ async def test_the_view_follows_every_change_to_the_agents(database_url: str) ->
         registry, agent_key = stack.registry(), stack.keys[Role.AGENT]
         await register(registry, agent_key, "alpha", task_types=["review", "build"], max_concurrent_tasks=3)
         await view_shows(directory, "alpha registered", alpha="ONLINE")
-        alpha = directory.get("alpha")
+        alpha = directory.get("default/alpha")
         assert alpha is not None
         assert alpha.task_types == ["review", "build"] and alpha.max_concurrent_tasks == 3
 
@@ -60,14 +61,14 @@ async def test_the_view_follows_every_change_to_the_agents(database_url: str) ->
             metadata=metadata(agent_key),
         )
         await view_shows(directory, "alpha draining", alpha="DRAINING")
-        assert directory.get("alpha").active_tasks == 2  # type: ignore[union-attr]
+        assert directory.get("default/alpha").active_tasks == 2  # type: ignore[union-attr]
 
         await registry.RecordOutcome(
             rpb.RecordOutcomeRequest(agent_id="alpha", task_type="review", success=True, latency_ms=5),
             metadata=stack.as_role(Role.SERVICE),
         )
         await eventually(lambda: directory.outcomes_of_type("review") == 1, "alpha's outcome in the view")
-        assert directory.get("alpha").performance_on("review").success_rate == (1 + 0.7) / 2  # type: ignore[union-attr]
+        assert directory.get("default/alpha").performance_on("review").success_rate == (1 + 0.7) / 2  # type: ignore[union-attr]
 
         # Silent for more than 3 heartbeat intervals: UNHEALTHY, with no row changing.
         await view_shows(directory, "alpha silent", alpha="UNHEALTHY")
@@ -76,7 +77,7 @@ async def test_the_view_follows_every_change_to_the_agents(database_url: str) ->
 
         await registry.DeregisterAgent(rpb.DeregisterAgentRequest(agent_id="alpha"), metadata=metadata(agent_key))
         await view_shows(directory, "alpha deregistered", alpha=None)
-        assert "alpha" in directory.removed
+        assert "default/alpha" in directory.removed
 
 
 async def test_the_view_resynchronises_after_a_registry_restart(database_url: str) -> None:
@@ -105,7 +106,7 @@ async def test_the_view_resynchronises_after_a_registry_restart(database_url: st
         finally:
             await other.stop(0.5)
         # The view, blind meanwhile, still shows what it last knew.
-        assert directory.get("leaves") is not None and directory.get("arrives") is None
+        assert directory.get("default/leaves") is not None and directory.get("default/arrives") is None
 
         stack.registry_app = await create_registry(config_for_tests(database_url, registry_addr=f"127.0.0.1:{port}"))
         await view_shows(directory, "the view after the restart", stays="DRAINING", leaves=None, arrives="ONLINE")

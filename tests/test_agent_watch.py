@@ -128,7 +128,7 @@ async def test_a_large_snapshot_comes_in_pages_of_at_most_500_agents(stack: Stac
         await connection.execute(
             """
             INSERT INTO agents (id, task_types, max_concurrent_tasks, status)
-            SELECT id, ARRAY['echo'], 1, 'online' FROM unnest(%s::text[]) AS ids (id)
+            SELECT 'default/' || id, ARRAY['echo'], 1, 'online' FROM unnest(%s::text[]) AS ids (id)
             """,
             (sorted(agent_ids),),
         )
@@ -298,7 +298,7 @@ async def test_a_subscriber_that_falls_behind_is_dropped_and_told_to_resynchroni
             changes: AsyncIterator[object] = keeping_up.changes()
             # Three messages, one at a time (the subscriber that keeps up shows each was sent).
             for index in range(3):
-                await store.upsert(AgentRegistration(f"agent-{index}", "", "", [TASK_TYPE], [], [], {}, 1))
+                await store.upsert(AgentRegistration(f"default/agent-{index}", "", "", [TASK_TYPE], [], [], {}, 1))
                 async with asyncio.timeout(CHANGE_SECONDS):
                     await anext(changes)
             assert len(slow.snapshot_pages()) == 1

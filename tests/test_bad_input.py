@@ -289,8 +289,8 @@ async def test_stale_or_foreign_report_is_failed_precondition_and_leaves_the_tas
 
 NUL_IN_REPORTS = {
     "CompleteTask result": ("CompleteTask", {"result": struct({"nested": {"text": "a\x00b"}})}, "result"),
-    "FailTask error": ("FailTask", {"error": "broke\x00"}, "request"),
-    "ReportProgress message": ("ReportProgress", {"message": "half\x00way"}, "request"),
+    "FailTask error": ("FailTask", {"error": "broke\x00"}, "error"),
+    "ReportProgress message": ("ReportProgress", {"message": "half\x00way"}, "message"),
 }
 
 

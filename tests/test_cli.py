@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 
 from arbiter import Agent, AgentInfo, Client, PermanentError, Task, TaskInfo, TaskState
-from shared.api_keys import Role, find_role, hash_secret
+from shared.api_keys import Role, find_key
 from shared.database import open_pool
 from shared.devstack import wait_until_serving
 from tests.support.processes import REPO_ROOT, free_port
 from tests.support.sdk_agent import wait_for
-from tests.support.stack import Stack, create_keys, running_stack
+from tests.support.stack import TEST_HASHER, TEST_PEPPER, Stack, create_keys, running_stack
 from tests.support.stack import serving_agent as stack_serving_agent
 
 COMMAND = [sys.executable, "-m", "arbiter.cli"]
@@ -34,9 +34,9 @@ CALL_TIMEOUT_SECONDS = 60
 
 
 def environment(**variables: str) -> dict[str, str]:
-    """This process's environment without any ARBITER_* setting, plus `variables`."""
+    """This process's environment without any ARBITER_* setting, plus the tests' pepper and `variables`."""
     inherited = {name: value for name, value in os.environ.items() if not name.startswith("ARBITER_")}
-    return {**inherited, **variables}
+    return {**inherited, "ARBITER_API_KEY_PEPPER": TEST_PEPPER, **variables}
 
 
 def stack_environment(stack: Stack, database_url: str, key: str | None = None) -> dict[str, str]:
@@ -485,7 +485,8 @@ async def test_keys_create_prints_a_working_key_once_and_stores_only_its_hash(da
     assert "shown only this once" in created.stderr
     pool = await open_pool(database_url, 1, 1, name="test")
     try:
-        assert await find_role(pool, hash_secret(secret)) == Role.VIEWER
+        key = await find_key(pool, TEST_HASHER, secret)
+        assert key is not None and (key.role, key.tenant) == (Role.VIEWER, "default")
         async with pool.connection() as connection:
             cursor = await connection.execute("SELECT * FROM api_keys WHERE description = 'boards'")
             row = await cursor.fetchone()
@@ -510,12 +511,73 @@ async def test_keys_list_shows_prefixes_and_roles_but_never_a_secret(database_ur
     listed = json.loads(succeeded(as_json))
     assert sorted(key["role"] for key in listed) == sorted(role.value for role in Role)
     assert {key["key_prefix"] for key in listed} == {secret[:12] for secret in keys.values()}
-    assert set(listed[0]) == {"id", "key_prefix", "role", "description", "created_at", "revoked_at"}
+    assert set(listed[0]) == {
+        "id",
+        "key_prefix",
+        "role",
+        "tenant",
+        "description",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+        "revoked_at",
+        "rotated_at",
+        "agent_ids",
+        "sees_tenant_tasks",
+    }
     for key in listed:
         assert table_row(succeeded(table), key["id"])[1:3] == [key["key_prefix"], key["role"]]
     for secret in keys.values():
         assert secret not in as_json.stdout and secret not in table.stdout
-        assert hash_secret(secret).hex() not in as_json.stdout
+        assert TEST_HASHER.digest(secret).hex() not in as_json.stdout
+
+
+async def test_keys_create_refuses_to_run_without_the_pepper(database_url: str) -> None:
+    refused = await arbiter(
+        environment(ARBITER_DATABASE_URL=database_url, ARBITER_API_KEY_PEPPER=""), "keys", "create", "--role", "admin"
+    )
+    assert_one_line_error(refused, 2, "arbiter: ARBITER_API_KEY_PEPPER must be a secret of at least 32 characters")
+
+
+async def test_keys_create_makes_a_bound_expiring_key_in_another_tenant(database_url: str) -> None:
+    created = await arbiter(
+        environment(ARBITER_DATABASE_URL=database_url),
+        *("keys", "create", "--role", "agent", "--tenant", "acme", "--agent-id", "build-pool-*"),
+        *("--agent-id", "solo", "--expires-in-hours", "2", "--json"),
+    )
+    shown = json.loads(succeeded(created))
+    assert shown["key"]["tenant"] == "acme"
+    assert shown["key"]["agent_ids"] == ["build-pool-*", "solo"]
+    assert shown["key"]["expires_at"] is not None
+    pool = await open_pool(database_url, 1, 1, name="test")
+    try:
+        key = await find_key(pool, TEST_HASHER, shown["secret"])
+    finally:
+        await pool.close()
+    assert key is not None and key.agent_ids == ("build-pool-*", "solo")
+
+
+async def test_keys_create_refuses_a_bad_tenant_or_agent_pattern(database_url: str) -> None:
+    variables = environment(ARBITER_DATABASE_URL=database_url)
+    bad_tenant = await arbiter(variables, "keys", "create", "--role", "admin", "--tenant", "Acme Corp")
+    assert bad_tenant.returncode == 2 and "is not a tenant name" in bad_tenant.stderr
+    bad_pattern = await arbiter(variables, "keys", "create", "--role", "agent", "--agent-id", "a/b")
+    assert bad_pattern.returncode == 2 and "is not a valid agent id" in bad_pattern.stderr
+
+
+async def test_keys_rotate_prints_a_new_secret_and_the_old_one_stops(database_url: str) -> None:
+    keys = await create_keys(database_url)
+    old = keys[Role.VIEWER]
+    rotated = await arbiter(environment(ARBITER_DATABASE_URL=database_url), "keys", "rotate", old[:12])
+    new = succeeded(rotated).strip()
+    assert new.startswith("arb_") and new != old
+    pool = await open_pool(database_url, 1, 1, name="test")
+    try:
+        before, after = await find_key(pool, TEST_HASHER, old), await find_key(pool, TEST_HASHER, new)
+    finally:
+        await pool.close()
+    assert before is None
+    assert after is not None and after.role == Role.VIEWER
 
 
 async def test_keys_revoke_of_an_unknown_key_says_so_and_exits_1(database_url: str) -> None:

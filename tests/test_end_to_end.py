@@ -171,7 +171,7 @@ def make_run(tmp_path: Path) -> Iterator[MakeRun]:
 def test_make_run_serves_the_grpcurl_walkthrough_on_embedded_postgres_and_keeps_data(make_run: MakeRun) -> None:
     make_run.start()
     keys = make_run.keys()
-    assert set(keys) == {f"ARBITER_{role.name}_KEY" for role in Role} | {"ARBITER_API_KEY"}
+    assert set(keys) == {f"ARBITER_{role.name}_KEY" for role in Role} | {"ARBITER_API_KEY", "ARBITER_API_KEY_PEPPER"}
     assert keys["ARBITER_API_KEY"] == keys["ARBITER_ADMIN_KEY"]
     registry, orchestrator = make_run.registry_address, make_run.orchestrator_address
     agent_key, submitter_key = keys["ARBITER_AGENT_KEY"], keys["ARBITER_SUBMITTER_KEY"]

@@ -165,7 +165,10 @@ async def wait_until_streams_open(
 
     async def streams() -> dict[str, str]:
         opened = await rows(
-            database, "SELECT agent_id, instance_id FROM agent_streams WHERE agent_id = ANY(%s)", agent_ids
+            database,
+            "SELECT split_part(agent_id, '/', 2) AS agent_id, instance_id FROM agent_streams "
+            "WHERE split_part(agent_id, '/', 2) = ANY(%s)",
+            agent_ids,
         )
         return {row["agent_id"]: row["instance_id"] for row in opened} if len(opened) == len(agent_ids) else {}
 
@@ -252,8 +255,9 @@ async def checked_histories(database: psycopg.AsyncConnection[DictRow]) -> dict[
     events: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for event in await rows(
         database,
-        "SELECT task_id::text AS task_id, at, from_state, to_state, attempt, agent_id, reason "
-        "FROM task_events ORDER BY task_id, id",
+        # Agent ids are stored qualified by their tenant ('default/…'): the tests name them plain.
+        "SELECT task_id::text AS task_id, at, from_state, to_state, attempt, split_part(agent_id, '/', 2) AS agent_id, "
+        "reason FROM task_events ORDER BY task_id, id",
     ):
         events[event["task_id"]].append(event)
     return {task_id: checked_history(task_id, task_events) for task_id, task_events in events.items()}
@@ -262,7 +266,11 @@ async def checked_histories(database: psycopg.AsyncConnection[DictRow]) -> dict[
 async def final_tasks(database: psycopg.AsyncConnection[DictRow]) -> dict[str, dict[str, Any]]:
     return {
         row["id"]: row
-        for row in await rows(database, "SELECT id::text AS id, state, attempt, assigned_agent_id, result FROM tasks")
+        for row in await rows(
+            database,
+            "SELECT id::text AS id, state, attempt, split_part(assigned_agent_id, '/', 2) AS assigned_agent_id, result "
+            "FROM tasks",
+        )
     }
 
 
@@ -297,7 +305,8 @@ async def test_a_killed_agents_held_tasks_are_released_at_once_and_every_task_co
 
         async def doomed_is_full() -> bool:
             held = await rows(
-                database, "SELECT id FROM tasks WHERE assigned_agent_id = 'doomed' AND state IN ('assigned', 'running')"
+                database,
+                "SELECT id FROM tasks WHERE assigned_agent_id = 'default/doomed' AND state IN ('assigned', 'running')",
             )
             return len(held) == concurrency
 
@@ -377,7 +386,9 @@ async def test_killing_one_of_two_orchestrators_under_load_loses_no_task_and_com
 
         await wait_until(all_on_b, "every agent's stream to be open on the surviving orchestrator", cluster)
         reconnected = await rows(
-            database, "SELECT max(opened_at) AS last FROM agent_streams WHERE agent_id = ANY(%s)", preferring_a
+            database,
+            "SELECT max(opened_at) AS last FROM agent_streams WHERE split_part(agent_id, '/', 2) = ANY(%s)",
+            preferring_a,
         )
         await wait_until_all_completed(database, tasks, cluster, timeout=90)
         cluster.check_agents_alive()
@@ -503,8 +514,8 @@ async def test_a_late_completion_of_an_attempt_taken_back_is_refused_and_the_new
             task.id,
             await rows(
                 database,
-                "SELECT at, from_state, to_state, attempt, agent_id, reason FROM task_events WHERE task_id = %s "
-                "ORDER BY id",
+                "SELECT at, from_state, to_state, attempt, split_part(agent_id, '/', 2) AS agent_id, reason "
+                "FROM task_events WHERE task_id = %s ORDER BY id",
                 task.id,
             ),
         )

@@ -43,7 +43,10 @@ async def test_an_applied_migration_edited_afterwards_is_refused(database_url: s
 def test_the_schema_ties_a_tasks_agent_to_its_state(
     database_url: str, state: str, agent: str | None, allowed: bool
 ) -> None:
-    insert = "INSERT INTO tasks (task_type, state, max_attempts, assigned_agent_id) VALUES ('echo', %s, 1, %s)"
+    insert = (
+        "INSERT INTO tasks (task_type, state, max_attempts, assigned_agent_id, tenant) "
+        "VALUES ('echo', %s, 1, %s, 'default')"
+    )
     with psycopg.connect(database_url, autocommit=True) as connection:
         if allowed:
             connection.execute(insert, (state, agent))

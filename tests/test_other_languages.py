@@ -31,6 +31,7 @@ from shared.api_keys import Role
 from shared.devstack import write_keys_file
 from tests.support.grpcurl import json_messages, wait_for
 from tests.support.processes import REPO_ROOT, ServiceProcesses
+from tests.support.stack import TEST_PEPPER
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]
 
@@ -195,7 +196,7 @@ def checkout(tmp_path: Path, services: ServiceProcesses) -> Path:
     """A folder laid out like the arbiter checkout after `make run`: `.arbiter/dev-keys.env` with a key per role."""
     folder = tmp_path / "checkout"
     (folder / ".arbiter").mkdir(parents=True)
-    write_keys_file(folder / ".arbiter" / "dev-keys.env", services.keys)
+    write_keys_file(folder / ".arbiter" / "dev-keys.env", services.keys, TEST_PEPPER)
     return folder
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -15,11 +16,19 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from arbiter.v1 import admin_service_pb2 as apb
 from arbiter.v1 import agent_pb2
 from arbiter.v1 import orchestrator_service_pb2 as opb
 from arbiter.v1 import registry_service_pb2 as rpb
 from shared.api_keys import Role
-from shared.permissions import ORCHESTRATOR_ROLES, ORCHESTRATOR_SERVICE, REGISTRY_ROLES, REGISTRY_SERVICE
+from shared.permissions import (
+    ADMIN_ROLES,
+    ADMIN_SERVICE,
+    ORCHESTRATOR_ROLES,
+    ORCHESTRATOR_SERVICE,
+    REGISTRY_ROLES,
+    REGISTRY_SERVICE,
+)
 from tests.support.stack import Stack
 
 UNKNOWN_TASK_ID = "9b2f3c1e-4d5a-4e6f-8a7b-0c1d2e3f4a5b"
@@ -40,10 +49,13 @@ class Service:
     roles: dict[str, frozenset[Role]]
 
     def address(self, stack: Stack) -> str:
-        return stack.registry_address if self.name == REGISTRY_SERVICE else stack.orchestrator_address
+        # AdminService is served by the registry.
+        return stack.orchestrator_address if self.name == ORCHESTRATOR_SERVICE else stack.registry_address
 
     def stub(self, stack: Stack) -> Any:
-        return stack.registry() if self.name == REGISTRY_SERVICE else stack.orchestrator()
+        return {REGISTRY_SERVICE: stack.registry, ORCHESTRATOR_SERVICE: stack.orchestrator, ADMIN_SERVICE: stack.admin}[
+            self.name
+        ]()
 
     @property
     def descriptor(self) -> ServiceDescriptor:
@@ -53,6 +65,7 @@ class Service:
 SERVICES = {
     REGISTRY_SERVICE: Service(REGISTRY_SERVICE, rpb, REGISTRY_ROLES),
     ORCHESTRATOR_SERVICE: Service(ORCHESTRATOR_SERVICE, opb, ORCHESTRATOR_ROLES),
+    ADMIN_SERVICE: Service(ADMIN_SERVICE, apb, ADMIN_ROLES),
 }
 
 
@@ -108,6 +121,12 @@ PROBES: dict[str, Probe] = {
     "GetAgent": Probe(lambda: rpb.GetAgentRequest(agent_id=UNKNOWN_AGENT_ID), NOT_FOUND),
     "ListAgents": Probe(lambda: rpb.ListAgentsRequest(), OK),
     "DeregisterAgent": Probe(lambda: rpb.DeregisterAgentRequest(agent_id=UNKNOWN_AGENT_ID), NOT_FOUND),
+    # AdminService.
+    "CreateApiKey": Probe(lambda: apb.CreateApiKeyRequest(role=apb.ROLE_VIEWER, description="probe"), OK),
+    "ListApiKeys": Probe(lambda: apb.ListApiKeysRequest(), OK),
+    "RotateApiKey": Probe(lambda: apb.RotateApiKeyRequest(key_id=UNKNOWN_TASK_ID), NOT_FOUND),
+    "RevokeApiKey": Probe(lambda: apb.RevokeApiKeyRequest(key_id=UNKNOWN_TASK_ID), NOT_FOUND),
+    "ListAuditEvents": Probe(lambda: apb.ListAuditEventsRequest(), OK),
 }
 
 # Every (service, RPC, role) the permission table speaks of.
@@ -150,7 +169,23 @@ def test_permission_table_lists_exactly_the_rpcs_the_service_defines(service: Se
 
 
 def test_every_rpc_in_the_permission_table_has_a_probe() -> None:
-    assert set(PROBES) == set(REGISTRY_ROLES) | set(ORCHESTRATOR_ROLES)
+    assert set(PROBES) == set(REGISTRY_ROLES) | set(ORCHESTRATOR_ROLES) | set(ADMIN_ROLES)
+
+
+def test_the_readme_permission_table_says_what_the_permission_table_does() -> None:
+    """Each README row names RPCs and ticks roles; together they must be exactly shared/permissions.py."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## API keys and roles", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert header[0] == "RPC" and set(header[1:]) == {role.value for role in Role}
+    documented: dict[str, frozenset[Role]] = {}
+    for line in lines[1:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        roles = frozenset(Role(role) for role, cell in zip(header[1:], cells[1:], strict=True) if cell == "✓")
+        for rpc in cells[0].split(","):
+            documented[rpc.strip()] = roles
+    assert documented == {**REGISTRY_ROLES, **ORCHESTRATOR_ROLES, **ADMIN_ROLES}
 
 
 BAD_CREDENTIALS: dict[str, Metadata | None] = {

@@ -120,12 +120,12 @@ def test_types_take_turns_within_a_priority_and_priority_comes_first() -> None:
 def test_turns_carry_over_between_rounds_and_an_idle_type_does_not_catch_up_in_a_burst() -> None:
     share = FairShare()
     for _ in range(1000):
-        share.served("bulk")
+        share.served("default/bulk")
     # One slot per round, a backlog of both: the types alternate.
     served = []
     for number in range(6):
         first = fair_order([task(number, "bulk"), task(100 + number, "quick")], share)[0]
-        share.served(first.task_type)
+        share.served(first.routing_type)
         served.append(first.task_type)
     assert served.count("quick") == 3 and served.count("bulk") == 3
 

@@ -84,7 +84,8 @@ async def silence(database_url: str, agent_id: str, seconds: float) -> None:
     """Test setup: the agent's last heartbeat was `seconds` ago."""
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as connection:
         await connection.execute(
-            "UPDATE agents SET last_heartbeat_at = now() - %s WHERE id = %s", (timedelta(seconds=seconds), agent_id)
+            "UPDATE agents SET last_heartbeat_at = now() - %s WHERE id = %s",
+            (timedelta(seconds=seconds), f"default/{agent_id}"),
         )
 
 

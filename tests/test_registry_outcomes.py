@@ -244,7 +244,7 @@ async def add_bucket(
             INSERT INTO agent_outcome_minutes (agent_id, minute, outcomes, successes, latency_ms_sum)
             VALUES (%s, date_trunc('minute', now() - %s), %s, %s, %s)
             """,
-            (agent_id, age, outcomes, successes, outcomes * latency_ms),
+            (f"default/{agent_id}", age, outcomes, successes, outcomes * latency_ms),
         )
 
 
@@ -256,7 +256,7 @@ async def bucket_counts(database_url: str, agent_id: str) -> tuple[int, int]:
             SELECT count(*), count(*) FILTER (WHERE minute < now() - interval '25 hours')
             FROM agent_outcome_minutes WHERE agent_id = %s
             """,
-            (agent_id,),
+            (f"default/{agent_id}",),
         )
         row = await cursor.fetchone()
         assert row is not None

@@ -30,6 +30,7 @@ from services.orchestrator.registry_client import RegistryClient
 from services.orchestrator.storage import TaskStore
 from services.orchestrator.sweeper import Sweeper
 from shared.api_keys import Role
+from shared.audit import prune_audit_events
 from tests.support.stack import Stack, config_for_tests, running_stack
 
 AGENT_ID = "agent-1"
@@ -103,7 +104,7 @@ async def wait_until_stream_row(database_url: str, agent_id: str, *, present: bo
     """agent_streams has the agent's row while a stream is open; the row goes in the same transaction as
     the release (or not) of what the agent holds, so its absence means the stream's close is done."""
     await eventually(
-        lambda: query(database_url, "SELECT 1 FROM agent_streams WHERE agent_id = %s", agent_id),
+        lambda: query(database_url, "SELECT 1 FROM agent_streams WHERE agent_id = %s", f"default/{agent_id}"),
         lambda rows: bool(rows) == present,
     )
 
@@ -772,6 +773,7 @@ async def test_a_sweep_deletes_finished_tasks_older_than_the_retention_with_thei
             lambda: None,
             interval_seconds=60,
             retention=timedelta(days=7),
+            prune_audit_events=lambda: prune_audit_events(app.pool, 90),
         )
         assert (await sweeper.sweep_once()).pruned == 3
 

@@ -36,7 +36,7 @@ async def view_has(stack: Stack, agent_ids: set[str], task_type: str, outcomes: 
     directory = stack.orchestrator_app.orchestrator.directory
 
     def ready() -> bool:
-        return all(directory.get(agent_id) for agent_id in agent_ids) and (
+        return all(directory.get(f"default/{agent_id}") for agent_id in agent_ids) and (
             directory.outcomes_of_type(task_type) >= outcomes
         )
 
@@ -45,7 +45,7 @@ async def view_has(stack: Stack, agent_ids: set[str], task_type: str, outcomes: 
 
 async def connected(stack: Stack, agent_ids: set[str]) -> None:
     await eventually(
-        lambda: all(agent_id in stack.orchestrator_app.orchestrator.sessions for agent_id in agent_ids),
+        lambda: all(f"default/{agent_id}" in stack.orchestrator_app.orchestrator.sessions for agent_id in agent_ids),
         f"assignment streams of {agent_ids}",
     )
 

@@ -23,7 +23,7 @@ from arbiter.cli import agents, database, demo, keys, run, stats, tasks
 from arbiter.cli.options import UsageError
 from arbiter.cli.output import one_line
 from arbiter.errors import ArbiterError, WaitTimeout
-from shared.api_keys import KeyLookupError
+from shared.api_keys import KeyLookupError, KeyNotRotatable
 from shared.config import ConfigError
 from shared.database import MigrationError
 
@@ -38,6 +38,9 @@ commands that call the services take these options after the command name:
   --orchestrator HOST:PORT  default: ARBITER_ORCHESTRATOR_ADDR, else 127.0.0.1:50052
   --registry HOST:PORT      default: ARBITER_REGISTRY_TARGET or ARBITER_REGISTRY_ADDR, else 127.0.0.1:50051
   --key KEY                 default: ARBITER_API_KEY (after make run: source .arbiter/dev-keys.env)
+  --tls-ca PEM              dial TLS trusting these roots; default: ARBITER_TLS_CA, else plaintext
+                            (--tls: TLS with the system's roots; --tls-client-cert/--tls-client-key PEM:
+                            mutual TLS, default ARBITER_TLS_CLIENT_CERT/ARBITER_TLS_CLIENT_KEY)
   --timeout SECONDS         deadline of each call, default 10 (--call-timeout in tasks submit and watch)
   --json                    machine-readable JSON on stdout
 keys and migrate work on the database directly: ARBITER_DATABASE_URL, else the embedded PostgreSQL.
@@ -87,7 +90,7 @@ def describe_failure(error: Exception) -> tuple[str, int]:
         return str(error), EXIT_TIMED_OUT
     if isinstance(error, UsageError | ConfigError):
         return str(error), EXIT_USAGE
-    if isinstance(error, KeyLookupError | MigrationError):
+    if isinstance(error, KeyLookupError | KeyNotRotatable | MigrationError):
         return str(error), EXIT_FAILED
     if isinstance(error, psycopg.errors.UndefinedTable):
         return "the database has no Arbiter tables yet: run `arbiter migrate`", EXIT_FAILED

@@ -82,6 +82,7 @@ def demo_agent(number: int, task_type: str, concurrency: int, connection: Connec
         registry=connection.registry,
         orchestrator=connection.orchestrator,
         api_key=agent_key,
+        **connection.tls_options(),
     )
 
     @agent.handler(task_type)

@@ -1,14 +1,45 @@
-"""`arbiter keys`: create, list and revoke API keys, on the database directly."""
+"""`arbiter keys`: create, list, rotate and revoke API keys, on the database directly.
+
+This is how the first admin key of a tenant, and the orchestrators' every-tenant service key, are
+made: only someone with database access (and the pepper) can. Afterwards admins use AdminService.
+"""
 
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime, timedelta
 
 from arbiter.cli.database import on_database
 from arbiter.cli.options import Subcommands, output_options
 from arbiter.cli.output import format_time, note, print_json, print_table
-from shared.api_keys import Role, create_key, list_keys, revoke_key
+from shared import tenancy, validation
+from shared.api_keys import KeySpec, Role, create_key, list_keys, revoke_key, rotate_key
 from shared.config import Config
+from shared.errors import InvalidArgument
+
+
+def _tenant(value: str) -> str:
+    if value == tenancy.ALL_TENANTS:
+        return value
+    try:
+        return tenancy.tenant("--tenant", value)
+    except InvalidArgument as error:
+        raise argparse.ArgumentTypeError(error.description) from None
+
+
+def _agent_pattern(value: str) -> str:
+    try:
+        validation.agent_id("--agent-id", value[:-1] if value.endswith("*") else value)
+    except InvalidArgument as error:
+        raise argparse.ArgumentTypeError(error.description) from None
+    return value
+
+
+def _positive_hours(value: str) -> float:
+    hours = float(value)
+    if not hours > 0:
+        raise argparse.ArgumentTypeError("expected a number of hours above 0")
+    return hours
 
 
 def add_commands(commands: Subcommands) -> None:
@@ -24,13 +55,48 @@ def add_commands(commands: Subcommands) -> None:
         "create", parents=[output_options()], help="create an API key and print it once (on stdout)"
     )
     create.add_argument("--role", required=True, choices=[role.value for role in Role])
+    create.add_argument(
+        "--tenant",
+        type=_tenant,
+        default=tenancy.DEFAULT_TENANT,
+        help=f"the tenant the key acts in (default {tenancy.DEFAULT_TENANT}); '*' = every tenant, for the "
+        "orchestrators' service key (ARBITER_SERVICE_KEY) or a platform admin",
+    )
     create.add_argument("--description", default="", help="who or what the key is for")
+    create.add_argument("--expires-in-hours", type=_positive_hours, help="the key stops working after this long")
+    create.add_argument(
+        "--agent-id",
+        dest="agent_ids",
+        action="append",
+        default=[],
+        type=_agent_pattern,
+        help="agent keys: an agent id the key may act as, or a prefix ending in '*' (repeatable; none = any)",
+    )
+    create.add_argument(
+        "--sees-tenant-tasks",
+        action="store_true",
+        help="submitter keys: see every task of the tenant, not only those the key submitted",
+    )
     create.set_defaults(run=create_api_key)
 
     listing = key_commands.add_parser(
-        "list", parents=[output_options()], help="list keys: id, prefix, role, description, when created and revoked"
+        "list",
+        parents=[output_options()],
+        help="list keys: id, prefix, role, tenant, description, when created, last used, expiring, revoked",
     )
+    listing.add_argument("--tenant", type=_tenant, help="only this tenant's keys")
     listing.set_defaults(run=list_api_keys)
+
+    rotate = key_commands.add_parser(
+        "rotate",
+        parents=[output_options()],
+        help="give a key a new secret (same id, role and tasks) and print it once",
+    )
+    rotate.add_argument("id_or_prefix", metavar="ID_OR_PREFIX", help="as `arbiter keys list` shows, e.g. arb_AbCdEfGh")
+    rotate.add_argument(
+        "--grace-seconds", type=float, default=0.0, help="how long the old secret keeps working (default 0)"
+    )
+    rotate.set_defaults(run=rotate_api_key)
 
     revoke = key_commands.add_parser(
         "revoke",
@@ -44,32 +110,63 @@ def add_commands(commands: Subcommands) -> None:
 
 
 def create_api_key(arguments: argparse.Namespace) -> int:
+    config = Config.from_env()
+    hasher = config.key_hasher()
     role = Role(arguments.role)
-    created = on_database(
-        Config.from_env(), lambda pool: create_key(pool, role, arguments.description), migrate_first=True
+    if arguments.agent_ids and role != Role.AGENT:
+        raise SystemExit("arbiter keys create: --agent-id is for agent keys (--role agent)")
+    spec = KeySpec(
+        role=role,
+        tenant=arguments.tenant,
+        description=arguments.description,
+        expires_at=(
+            datetime.now(UTC) + timedelta(hours=arguments.expires_in_hours) if arguments.expires_in_hours else None
+        ),
+        agent_ids=tuple(arguments.agent_ids),
+        sees_tenant_tasks=arguments.sees_tenant_tasks,
     )
-    note(f"created a key with role '{role}'; it is shown only this once:")
+    created = on_database(config, lambda pool: create_key(pool, hasher, spec), migrate_first=True)
+    note(f"created a key with role '{role}' in tenant '{spec.tenant}'; it is shown only this once:")
     if arguments.json:
-        print_json({"id": created.id, "role": role, "description": arguments.description, "secret": created.secret})
+        print_json({"key": created.key, "secret": created.secret})
     else:
         print(created.secret)
     return 0
 
 
+def rotate_api_key(arguments: argparse.Namespace) -> int:
+    config = Config.from_env()
+    hasher = config.key_hasher()
+    grace = timedelta(seconds=max(0.0, arguments.grace_seconds))
+    rotated = on_database(config, lambda pool: rotate_key(pool, hasher, arguments.id_or_prefix, grace))
+    note(
+        f"rotated key {rotated.key.id}; the old secret works for {grace.total_seconds():g} s more; "
+        "the new one is shown only this once:"
+    )
+    if arguments.json:
+        print_json({"key": rotated.key, "secret": rotated.secret})
+    else:
+        print(rotated.secret)
+    return 0
+
+
 def list_api_keys(arguments: argparse.Namespace) -> int:
-    keys = on_database(Config.from_env(), list_keys)
+    keys = on_database(Config.from_env(), lambda pool: list_keys(pool, arguments.tenant))
     if arguments.json:
         print_json(keys)
         return 0
     print_table(
-        ["ID", "PREFIX", "ROLE", "DESCRIPTION", "CREATED", "REVOKED"],
+        ["ID", "PREFIX", "ROLE", "TENANT", "DESCRIPTION", "CREATED", "LAST USED", "EXPIRES", "REVOKED"],
         (
             [
                 key.id,
                 key.key_prefix,
                 key.role.value,
+                key.tenant,
                 key.description,
                 format_time(key.created_at),
+                format_time(key.last_used_at),
+                format_time(key.expires_at),
                 format_time(key.revoked_at),
             ]
             for key in keys

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from arbiter.client import Client
-from arbiter.settings import dial_address
+from arbiter.settings import dial_address, transport_credentials
 from shared.config import Config
 
 # A string: argparse does not subscript at run time.
@@ -26,15 +26,31 @@ class UsageError(Exception):
 
 @dataclass(frozen=True)
 class Connection:
-    """Where the services are, the key to show them, and how long one call may take."""
+    """Where the services are, the key to show them, how long one call may take, and TLS (plaintext
+    unless `tls` or one of the PEM files is set)."""
 
     orchestrator: str
     registry: str
     key: str
     call_timeout: float
+    tls: bool | None = None
+    tls_ca: str | None = None
+    tls_client_cert: str | None = None
+    tls_client_key: str | None = None
+
+    def tls_options(self) -> dict[str, Any]:
+        """The TLS arguments `Client` and `Agent` take."""
+        return {
+            "tls": self.tls,
+            "tls_ca": self.tls_ca,
+            "tls_client_cert": self.tls_client_cert,
+            "tls_client_key": self.tls_client_key,
+        }
 
     def client(self) -> Client:
-        return Client(self.orchestrator, self.key, registry_address=self.registry, timeout=self.call_timeout)
+        return Client(
+            self.orchestrator, self.key, registry_address=self.registry, timeout=self.call_timeout, **self.tls_options()
+        )
 
 
 def positive_int(text: str) -> int:
@@ -112,6 +128,21 @@ def service_options(*, timeout_flags: tuple[str, ...] = ("--timeout", "--call-ti
     )
     group.add_argument("--key", metavar="KEY", help="the API key to send (default: ARBITER_API_KEY)")
     group.add_argument(
+        "--tls",
+        action="store_const",
+        const=True,
+        help="dial TLS, trusting the system's roots unless --tls-ca (implied by any --tls-* option or variable)",
+    )
+    group.add_argument(
+        "--tls-ca", metavar="PEM", help="roots to trust; dials TLS (default: ARBITER_TLS_CA, else plaintext)"
+    )
+    group.add_argument(
+        "--tls-client-cert",
+        metavar="PEM",
+        help="client certificate for mutual TLS, with --tls-client-key (default: ARBITER_TLS_CLIENT_CERT)",
+    )
+    group.add_argument("--tls-client-key", metavar="PEM", help="its private key (default: ARBITER_TLS_CLIENT_KEY)")
+    group.add_argument(
         *timeout_flags,
         dest="call_timeout",
         metavar="SECONDS",
@@ -128,12 +159,22 @@ def connection_for(arguments: argparse.Namespace) -> Connection:
     key = arguments.key or config.api_key
     if not key:
         raise UsageError(NO_KEY_MESSAGE)
-    return Connection(
+    connection = Connection(
         orchestrator=arguments.orchestrator or dial_address(config.orchestrator_addr),
         registry=arguments.registry or dial_address(config.registry_dial_target),
         key=key,
         call_timeout=arguments.call_timeout,
+        tls=arguments.tls,
+        tls_ca=arguments.tls_ca or config.tls_ca,
+        tls_client_cert=arguments.tls_client_cert or config.tls_client_cert,
+        tls_client_key=arguments.tls_client_key or config.tls_client_key,
     )
+    try:
+        # Unreadable files are a usage error here, before any call.
+        transport_credentials(**connection.tls_options())
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return connection
 
 
 def calls_services(command: ServiceCommand) -> Callable[[argparse.Namespace], int]:

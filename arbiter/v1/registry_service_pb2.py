@@ -26,7 +26,7 @@ from arbiter.v1 import agent_pb2 as arbiter_dot_v1_dot_agent__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!arbiter/v1/registry_service.proto\x12\narbiter.v1\x1a\x16\x61rbiter/v1/agent.proto\x1a\x1egoogle/protobuf/duration.proto\"8\n\x14RegisterAgentRequest\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.arbiter.v1.Agent\"9\n\x15RegisterAgentResponse\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.arbiter.v1.Agent\"c\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x63tive_tasks\x18\x02 \x01(\x05\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.arbiter.v1.AgentStatus\"l\n\x11HeartbeatResponse\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.arbiter.v1.Agent\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"#\n\x0fGetAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"4\n\x10GetAgentResponse\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.arbiter.v1.Agent\"v\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x11\n\ttask_type\x18\x03 \x01(\t\x12\'\n\x06status\x18\x04 \x01(\x0e\x32\x17.arbiter.v1.AgentStatus\"P\n\x12ListAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.arbiter.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x16\x44\x65registerAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"\x19\n\x17\x44\x65registerAgentResponse\"\x9f\x02\n\x15\x46indCandidatesRequest\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12\x11\n\tlanguages\x18\x02 \x03(\t\x12\x17\n\x0fspecializations\x18\x03 \x03(\t\x12=\n\x06labels\x18\x04 \x03(\x0b\x32-.arbiter.v1.FindCandidatesRequest.LabelsEntry\x12\x1c\n\x0fmax_utilization\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x10min_success_rate\x18\x06 \x01(\x01\x12\r\n\x05limit\x18\x07 \x01(\x05\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x12\n\x10_max_utilization\"b\n\tCandidate\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.arbiter.v1.Agent\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x14\n\x0csuccess_rate\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\"C\n\x16\x46indCandidatesResponse\x12)\n\ncandidates\x18\x01 \x03(\x0b\x32\x15.arbiter.v1.Candidate\"\x82\x01\n\x14RecordOutcomeRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x11\n\ttask_type\x18\x02 \x01(\t\x12\x0f\n\x07success\x18\x03 \x01(\x08\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\x14\n\x07quality\x18\x05 \x01(\x01H\x00\x88\x01\x01\x42\n\n\x08_quality\"9\n\x15RecordOutcomeResponse\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.arbiter.v1.Agent\"K\n\x15RecordOutcomesRequest\x12\x32\n\x08outcomes\x18\x01 \x03(\x0b\x32 .arbiter.v1.RecordOutcomeRequest\"E\n\x16RecordOutcomesResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x05\x12\x19\n\x11unknown_agent_ids\x18\x02 \x03(\t\"\x14\n\x12WatchAgentsRequest\"n\n\x13WatchAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.arbiter.v1.Agent\x12\x19\n\x11removed_agent_ids\x18\x02 \x03(\t\x12\x19\n\x11snapshot_complete\x18\x03 \x01(\x08\x32\xfb\x05\n\x0fRegistryService\x12T\n\rRegisterAgent\x12 .arbiter.v1.RegisterAgentRequest\x1a!.arbiter.v1.RegisterAgentResponse\x12H\n\tHeartbeat\x12\x1c.arbiter.v1.HeartbeatRequest\x1a\x1d.arbiter.v1.HeartbeatResponse\x12\x45\n\x08GetAgent\x12\x1b.arbiter.v1.GetAgentRequest\x1a\x1c.arbiter.v1.GetAgentResponse\x12K\n\nListAgents\x12\x1d.arbiter.v1.ListAgentsRequest\x1a\x1e.arbiter.v1.ListAgentsResponse\x12Z\n\x0f\x44\x65registerAgent\x12\".arbiter.v1.DeregisterAgentRequest\x1a#.arbiter.v1.DeregisterAgentResponse\x12W\n\x0e\x46indCandidates\x12!.arbiter.v1.FindCandidatesRequest\x1a\".arbiter.v1.FindCandidatesResponse\x12T\n\rRecordOutcome\x12 .arbiter.v1.RecordOutcomeRequest\x1a!.arbiter.v1.RecordOutcomeResponse\x12W\n\x0eRecordOutcomes\x12!.arbiter.v1.RecordOutcomesRequest\x1a\".arbiter.v1.RecordOutcomesResponse\x12P\n\x0bWatchAgents\x12\x1e.arbiter.v1.WatchAgentsRequest\x1a\x1f.arbiter.v1.WatchAgentsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!arbiter/v1/registry_service.proto\x12\narbiter.v1\x1a\x16\x61rbiter/v1/agent.proto\x1a\x1egoogle/protobuf/duration.proto\"8\n\x14RegisterAgentRequest\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.arbiter.v1.Agent\"9\n\x15RegisterAgentResponse\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.arbiter.v1.Agent\"c\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x63tive_tasks\x18\x02 \x01(\x05\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.arbiter.v1.AgentStatus\"l\n\x11HeartbeatResponse\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.arbiter.v1.Agent\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"3\n\x0fGetAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"4\n\x10GetAgentResponse\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.arbiter.v1.Agent\"v\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x11\n\ttask_type\x18\x03 \x01(\t\x12\'\n\x06status\x18\x04 \x01(\x0e\x32\x17.arbiter.v1.AgentStatus\"P\n\x12ListAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.arbiter.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x16\x44\x65registerAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"\x19\n\x17\x44\x65registerAgentResponse\"\x9f\x02\n\x15\x46indCandidatesRequest\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12\x11\n\tlanguages\x18\x02 \x03(\t\x12\x17\n\x0fspecializations\x18\x03 \x03(\t\x12=\n\x06labels\x18\x04 \x03(\x0b\x32-.arbiter.v1.FindCandidatesRequest.LabelsEntry\x12\x1c\n\x0fmax_utilization\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x10min_success_rate\x18\x06 \x01(\x01\x12\r\n\x05limit\x18\x07 \x01(\x05\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x12\n\x10_max_utilization\"b\n\tCandidate\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.arbiter.v1.Agent\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x14\n\x0csuccess_rate\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\"C\n\x16\x46indCandidatesResponse\x12)\n\ncandidates\x18\x01 \x03(\x0b\x32\x15.arbiter.v1.Candidate\"\x92\x01\n\x14RecordOutcomeRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x11\n\ttask_type\x18\x02 \x01(\t\x12\x0f\n\x07success\x18\x03 \x01(\x08\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\x14\n\x07quality\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x0e\n\x06tenant\x18\x06 \x01(\tB\n\n\x08_quality\"9\n\x15RecordOutcomeResponse\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.arbiter.v1.Agent\"K\n\x15RecordOutcomesRequest\x12\x32\n\x08outcomes\x18\x01 \x03(\x0b\x32 .arbiter.v1.RecordOutcomeRequest\"y\n\x16RecordOutcomesResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x05\x12\x19\n\x11unknown_agent_ids\x18\x02 \x03(\t\x12\x32\n\x0eunknown_agents\x18\x03 \x03(\x0b\x32\x1a.arbiter.v1.AgentReference\"\x14\n\x12WatchAgentsRequest\"\xa2\x01\n\x13WatchAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.arbiter.v1.Agent\x12\x19\n\x11removed_agent_ids\x18\x02 \x03(\t\x12\x32\n\x0eremoved_agents\x18\x04 \x03(\x0b\x32\x1a.arbiter.v1.AgentReference\x12\x19\n\x11snapshot_complete\x18\x03 \x01(\x08\x32\xfb\x05\n\x0fRegistryService\x12T\n\rRegisterAgent\x12 .arbiter.v1.RegisterAgentRequest\x1a!.arbiter.v1.RegisterAgentResponse\x12H\n\tHeartbeat\x12\x1c.arbiter.v1.HeartbeatRequest\x1a\x1d.arbiter.v1.HeartbeatResponse\x12\x45\n\x08GetAgent\x12\x1b.arbiter.v1.GetAgentRequest\x1a\x1c.arbiter.v1.GetAgentResponse\x12K\n\nListAgents\x12\x1d.arbiter.v1.ListAgentsRequest\x1a\x1e.arbiter.v1.ListAgentsResponse\x12Z\n\x0f\x44\x65registerAgent\x12\".arbiter.v1.DeregisterAgentRequest\x1a#.arbiter.v1.DeregisterAgentResponse\x12W\n\x0e\x46indCandidates\x12!.arbiter.v1.FindCandidatesRequest\x1a\".arbiter.v1.FindCandidatesResponse\x12T\n\rRecordOutcome\x12 .arbiter.v1.RecordOutcomeRequest\x1a!.arbiter.v1.RecordOutcomeResponse\x12W\n\x0eRecordOutcomes\x12!.arbiter.v1.RecordOutcomesRequest\x1a\".arbiter.v1.RecordOutcomesResponse\x12P\n\x0bWatchAgents\x12\x1e.arbiter.v1.WatchAgentsRequest\x1a\x1f.arbiter.v1.WatchAgentsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,37 +44,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEATRESPONSE']._serialized_start=323
   _globals['_HEARTBEATRESPONSE']._serialized_end=431
   _globals['_GETAGENTREQUEST']._serialized_start=433
-  _globals['_GETAGENTREQUEST']._serialized_end=468
-  _globals['_GETAGENTRESPONSE']._serialized_start=470
-  _globals['_GETAGENTRESPONSE']._serialized_end=522
-  _globals['_LISTAGENTSREQUEST']._serialized_start=524
-  _globals['_LISTAGENTSREQUEST']._serialized_end=642
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=644
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=724
-  _globals['_DEREGISTERAGENTREQUEST']._serialized_start=726
-  _globals['_DEREGISTERAGENTREQUEST']._serialized_end=768
-  _globals['_DEREGISTERAGENTRESPONSE']._serialized_start=770
-  _globals['_DEREGISTERAGENTRESPONSE']._serialized_end=795
-  _globals['_FINDCANDIDATESREQUEST']._serialized_start=798
-  _globals['_FINDCANDIDATESREQUEST']._serialized_end=1085
-  _globals['_FINDCANDIDATESREQUEST_LABELSENTRY']._serialized_start=1020
-  _globals['_FINDCANDIDATESREQUEST_LABELSENTRY']._serialized_end=1065
-  _globals['_CANDIDATE']._serialized_start=1087
-  _globals['_CANDIDATE']._serialized_end=1185
-  _globals['_FINDCANDIDATESRESPONSE']._serialized_start=1187
-  _globals['_FINDCANDIDATESRESPONSE']._serialized_end=1254
-  _globals['_RECORDOUTCOMEREQUEST']._serialized_start=1257
-  _globals['_RECORDOUTCOMEREQUEST']._serialized_end=1387
-  _globals['_RECORDOUTCOMERESPONSE']._serialized_start=1389
-  _globals['_RECORDOUTCOMERESPONSE']._serialized_end=1446
-  _globals['_RECORDOUTCOMESREQUEST']._serialized_start=1448
-  _globals['_RECORDOUTCOMESREQUEST']._serialized_end=1523
-  _globals['_RECORDOUTCOMESRESPONSE']._serialized_start=1525
-  _globals['_RECORDOUTCOMESRESPONSE']._serialized_end=1594
-  _globals['_WATCHAGENTSREQUEST']._serialized_start=1596
-  _globals['_WATCHAGENTSREQUEST']._serialized_end=1616
-  _globals['_WATCHAGENTSRESPONSE']._serialized_start=1618
-  _globals['_WATCHAGENTSRESPONSE']._serialized_end=1728
-  _globals['_REGISTRYSERVICE']._serialized_start=1731
-  _globals['_REGISTRYSERVICE']._serialized_end=2494
+  _globals['_GETAGENTREQUEST']._serialized_end=484
+  _globals['_GETAGENTRESPONSE']._serialized_start=486
+  _globals['_GETAGENTRESPONSE']._serialized_end=538
+  _globals['_LISTAGENTSREQUEST']._serialized_start=540
+  _globals['_LISTAGENTSREQUEST']._serialized_end=658
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=660
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=740
+  _globals['_DEREGISTERAGENTREQUEST']._serialized_start=742
+  _globals['_DEREGISTERAGENTREQUEST']._serialized_end=784
+  _globals['_DEREGISTERAGENTRESPONSE']._serialized_start=786
+  _globals['_DEREGISTERAGENTRESPONSE']._serialized_end=811
+  _globals['_FINDCANDIDATESREQUEST']._serialized_start=814
+  _globals['_FINDCANDIDATESREQUEST']._serialized_end=1101
+  _globals['_FINDCANDIDATESREQUEST_LABELSENTRY']._serialized_start=1036
+  _globals['_FINDCANDIDATESREQUEST_LABELSENTRY']._serialized_end=1081
+  _globals['_CANDIDATE']._serialized_start=1103
+  _globals['_CANDIDATE']._serialized_end=1201
+  _globals['_FINDCANDIDATESRESPONSE']._serialized_start=1203
+  _globals['_FINDCANDIDATESRESPONSE']._serialized_end=1270
+  _globals['_RECORDOUTCOMEREQUEST']._serialized_start=1273
+  _globals['_RECORDOUTCOMEREQUEST']._serialized_end=1419
+  _globals['_RECORDOUTCOMERESPONSE']._serialized_start=1421
+  _globals['_RECORDOUTCOMERESPONSE']._serialized_end=1478
+  _globals['_RECORDOUTCOMESREQUEST']._serialized_start=1480
+  _globals['_RECORDOUTCOMESREQUEST']._serialized_end=1555
+  _globals['_RECORDOUTCOMESRESPONSE']._serialized_start=1557
+  _globals['_RECORDOUTCOMESRESPONSE']._serialized_end=1678
+  _globals['_WATCHAGENTSREQUEST']._serialized_start=1680
+  _globals['_WATCHAGENTSREQUEST']._serialized_end=1700
+  _globals['_WATCHAGENTSRESPONSE']._serialized_start=1703
+  _globals['_WATCHAGENTSRESPONSE']._serialized_end=1865
+  _globals['_REGISTRYSERVICE']._serialized_start=1868
+  _globals['_REGISTRYSERVICE']._serialized_end=2631
 # @@protoc_insertion_point(module_scope)

@@ -41,10 +41,12 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, agent: _Optional[_Union[_agent_pb2.Agent, _Mapping]] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class GetAgentRequest(_message.Message):
-    __slots__ = ("agent_id",)
+    __slots__ = ("agent_id", "tenant")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
-    def __init__(self, agent_id: _Optional[str] = ...) -> None: ...
+    tenant: str
+    def __init__(self, agent_id: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class GetAgentResponse(_message.Message):
     __slots__ = ("agent",)
@@ -126,18 +128,20 @@ class FindCandidatesResponse(_message.Message):
     def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
 
 class RecordOutcomeRequest(_message.Message):
-    __slots__ = ("agent_id", "task_type", "success", "latency_ms", "quality")
+    __slots__ = ("agent_id", "task_type", "success", "latency_ms", "quality", "tenant")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
     SUCCESS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     task_type: str
     success: bool
     latency_ms: float
     quality: float
-    def __init__(self, agent_id: _Optional[str] = ..., task_type: _Optional[str] = ..., success: _Optional[bool] = ..., latency_ms: _Optional[float] = ..., quality: _Optional[float] = ...) -> None: ...
+    tenant: str
+    def __init__(self, agent_id: _Optional[str] = ..., task_type: _Optional[str] = ..., success: _Optional[bool] = ..., latency_ms: _Optional[float] = ..., quality: _Optional[float] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class RecordOutcomeResponse(_message.Message):
     __slots__ = ("agent",)
@@ -152,23 +156,27 @@ class RecordOutcomesRequest(_message.Message):
     def __init__(self, outcomes: _Optional[_Iterable[_Union[RecordOutcomeRequest, _Mapping]]] = ...) -> None: ...
 
 class RecordOutcomesResponse(_message.Message):
-    __slots__ = ("recorded", "unknown_agent_ids")
+    __slots__ = ("recorded", "unknown_agent_ids", "unknown_agents")
     RECORDED_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_AGENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_AGENTS_FIELD_NUMBER: _ClassVar[int]
     recorded: int
     unknown_agent_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, recorded: _Optional[int] = ..., unknown_agent_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    unknown_agents: _containers.RepeatedCompositeFieldContainer[_agent_pb2.AgentReference]
+    def __init__(self, recorded: _Optional[int] = ..., unknown_agent_ids: _Optional[_Iterable[str]] = ..., unknown_agents: _Optional[_Iterable[_Union[_agent_pb2.AgentReference, _Mapping]]] = ...) -> None: ...
 
 class WatchAgentsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class WatchAgentsResponse(_message.Message):
-    __slots__ = ("agents", "removed_agent_ids", "snapshot_complete")
+    __slots__ = ("agents", "removed_agent_ids", "removed_agents", "snapshot_complete")
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     REMOVED_AGENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_AGENTS_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_COMPLETE_FIELD_NUMBER: _ClassVar[int]
     agents: _containers.RepeatedCompositeFieldContainer[_agent_pb2.Agent]
     removed_agent_ids: _containers.RepeatedScalarFieldContainer[str]
+    removed_agents: _containers.RepeatedCompositeFieldContainer[_agent_pb2.AgentReference]
     snapshot_complete: bool
-    def __init__(self, agents: _Optional[_Iterable[_Union[_agent_pb2.Agent, _Mapping]]] = ..., removed_agent_ids: _Optional[_Iterable[str]] = ..., snapshot_complete: _Optional[bool] = ...) -> None: ...
+    def __init__(self, agents: _Optional[_Iterable[_Union[_agent_pb2.Agent, _Mapping]]] = ..., removed_agent_ids: _Optional[_Iterable[str]] = ..., removed_agents: _Optional[_Iterable[_Union[_agent_pb2.AgentReference, _Mapping]]] = ..., snapshot_complete: _Optional[bool] = ...) -> None: ...

@@ -18,19 +18,20 @@ from services.orchestrator.dispatcher import Dispatcher
 from services.orchestrator.domain import TaskRecord
 from services.orchestrator.notifications import TaskNotifications
 from services.orchestrator.outcomes import OutcomeReporter
-from services.orchestrator.registry_client import RegistryClient
+from services.orchestrator.registry_client import RegistryClient, open_registry_channel
 from services.orchestrator.routing import Router, RoutingSettings
 from services.orchestrator.service import Orchestrator
 from services.orchestrator.servicer import OrchestratorServicer
 from services.orchestrator.sessions import AgentSessions
 from services.orchestrator.storage import TaskStore
 from services.orchestrator.sweeper import Sweeper
-from shared.api_keys import KeyCache
-from shared.auth import ApiKeyInterceptor
+from shared.audit import prune_audit_events
+from shared.auth import Gate, open_gate
 from shared.config import Config
 from shared.database import Pool, open_pool
 from shared.permissions import ORCHESTRATOR_ROLES, ORCHESTRATOR_SERVICE, method_permissions
-from shared.server import RunningServer, cancel_and_wait, start_server
+from shared.server import RunningServer, ServerLimits, cancel_and_wait, start_server
+from shared.tls import registry_channel_credentials, server_credentials
 
 
 @dataclass
@@ -41,6 +42,7 @@ class OrchestratorApp:
     notifications: TaskNotifications
     server: RunningServer
     background: list[asyncio.Task[None]]
+    gate: Gate
 
     @property
     def port(self) -> int:
@@ -54,6 +56,7 @@ class OrchestratorApp:
         await self.server.stop(min(grace, 1.0))
         await self.orchestrator.outcomes.close(min(grace, 1.0))
         await cancel_and_wait(self.background)
+        await self.gate.close()
         await self.registry_channel.close()
         await self.pool.close()
 
@@ -61,11 +64,14 @@ class OrchestratorApp:
 async def create_orchestrator(config: Config) -> OrchestratorApp:
     """Starts the orchestrator on config.orchestrator_addr (port 0 picks a free port). Migrations are the caller's."""
     service_key = config.require_service_key()
+    credentials = server_credentials(config)
+    registry_credentials = registry_channel_credentials(config)
     pool = await open_pool(
         config.require_database_url(), config.db_pool_min_size, config.db_pool_max_size, name="orchestrator"
     )
-    registry_channel = grpc.aio.insecure_channel(config.registry_dial_target)
+    registry_channel = open_registry_channel(config.registry_dial_target, registry_credentials)
     background: list[asyncio.Task[None]] = []
+    gate: Gate | None = None
     try:
         sessions = AgentSessions()
         registry = RegistryClient(registry_channel, service_key, retry_seconds=config.registry_retry_seconds)
@@ -102,6 +108,7 @@ async def create_orchestrator(config: Config) -> OrchestratorApp:
             dispatcher.wake,
             interval_seconds=config.sweep_seconds,
             retention=timedelta(days=config.task_retention_days),
+            prune_audit_events=lambda: prune_audit_events(pool, config.audit_retention_days),
         )
         background = [
             asyncio.create_task(notifications.run()),
@@ -110,21 +117,23 @@ async def create_orchestrator(config: Config) -> OrchestratorApp:
             asyncio.create_task(dispatcher.run()),
             asyncio.create_task(outcomes.run()),
         ]
-        interceptor = ApiKeyInterceptor(
-            KeyCache(pool, config.auth_cache_seconds), method_permissions(ORCHESTRATOR_SERVICE, ORCHESTRATOR_ROLES)
-        )
+        gate = await open_gate(config, pool, method_permissions(ORCHESTRATOR_SERVICE, ORCHESTRATOR_ROLES))
         server = await start_server(
             config.orchestrator_addr,
             [ORCHESTRATOR_SERVICE],
             lambda grpc_server: orchestrator_service_pb2_grpc.add_OrchestratorServiceServicer_to_server(
                 OrchestratorServicer(orchestrator), grpc_server
             ),
-            [interceptor],
+            [gate.interceptor],
             pool,
+            limits=ServerLimits.from_config(config),
+            credentials=credentials,
         )
     except BaseException:
         await cancel_and_wait(background)
+        if gate is not None:
+            await gate.close()
         await registry_channel.close()
         await pool.close()
         raise
-    return OrchestratorApp(pool, registry_channel, orchestrator, notifications, server, background)
+    return OrchestratorApp(pool, registry_channel, orchestrator, notifications, server, background, gate)

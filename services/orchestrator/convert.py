@@ -25,6 +25,7 @@ from services.orchestrator.domain import (
     validate_submission,
 )
 from services.orchestrator.routing import ScoredAgent, Strategy
+from shared import tenancy
 from shared.errors import InvalidArgument
 
 STRATEGY_TO_PB = {
@@ -54,8 +55,12 @@ def state_from_pb(field: str, state: int) -> TaskState | None:
     return _STATE_FROM_PB[state]  # type: ignore[index]
 
 
-def struct_to_dict(struct: Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(struct)
+def struct_to_dict(field: str, struct: Struct) -> dict[str, Any]:
+    try:
+        return json_format.MessageToDict(struct)
+    except ValueError:
+        # protobuf refuses NaN and infinities here: JSON (and jsonb) has no such numbers.
+        raise InvalidArgument(field, "holds NaN or an infinity, which JSON cannot represent") from None
 
 
 def _struct(values: dict[str, Any] | None) -> Struct | None:
@@ -88,7 +93,7 @@ def submission_from_pb(request: orchestrator_service_pb2.SubmitTaskRequest, max_
     requirements = request.requirements
     return validate_submission(
         task_type=request.task_type,
-        payload=struct_to_dict(request.payload),
+        payload=struct_to_dict("payload", request.payload),
         payload_bytes=request.payload.ByteSize(),
         max_payload_bytes=max_payload_bytes,
         priority=request.priority,
@@ -140,20 +145,20 @@ def task_event_to_pb(event: TaskEvent) -> orchestrator_service_pb2.TaskEvent:
         from_state=_STATE_TO_PB[event.from_state] if event.from_state else task_pb2.TASK_STATE_UNSPECIFIED,
         to_state=_STATE_TO_PB[event.to_state],
         attempt=event.attempt,
-        agent_id=event.agent_id or "",
+        agent_id=tenancy.plain(event.agent_id or ""),
         reason=event.reason,
     )
 
 
 def scored_agent_to_pb(scored: ScoredAgent) -> task_pb2.ScoredAgent:
-    return task_pb2.ScoredAgent(agent_id=scored.agent_id, score=scored.score, reason=scored.reason)
+    return task_pb2.ScoredAgent(agent_id=tenancy.plain(scored.agent_id), score=scored.score, reason=scored.reason)
 
 
 def routing_decision_to_pb(recorded: RecordedDecision) -> task_pb2.RoutingDecision:
     decision = recorded.decision
     return task_pb2.RoutingDecision(
         attempt=recorded.attempt,
-        agent_id=decision.agent_id,
+        agent_id=tenancy.plain(decision.agent_id),
         strategy=STRATEGY_TO_PB[decision.strategy],
         confidence=decision.confidence,
         reason=decision.reason,
@@ -180,7 +185,7 @@ def task_to_pb(task: TaskRecord) -> task_pb2.Task:
         ),
         attempt=task.attempt,
         max_attempts=task.max_attempts,
-        assigned_agent_id=task.assigned_agent_id or "",
+        assigned_agent_id=tenancy.plain(task.assigned_agent_id or ""),
         idempotency_key=task.idempotency_key or "",
         created_at=_timestamp(task.created_at),
         updated_at=_timestamp(task.updated_at),

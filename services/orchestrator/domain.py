@@ -9,21 +9,21 @@ from enum import StrEnum
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from shared import validation
+from shared import tenancy, validation
 from shared.errors import InvalidArgument
 from shared.matching import PRIOR_SUCCESS_RATE, Capabilities, Requirements
 
 if TYPE_CHECKING:
     from services.orchestrator.routing import Decision
 
-PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
-DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT = 3, 100
-MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
-MAX_IDEMPOTENCY_KEY_LENGTH = 256
-MAX_ERROR_LENGTH = 8192
-MAX_MESSAGE_LENGTH = 1024
-# SubmitTasks: more than this in one call is refused; the gRPC message limit (8 MiB) also applies.
-MAX_BATCH_SIZE = 1000
+# The documented limits live in shared/validation.py (README, "Limits").
+PRIORITY_MIN, PRIORITY_MAX = validation.MIN_PRIORITY, validation.MAX_PRIORITY
+DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT = validation.DEFAULT_MAX_ATTEMPTS, validation.MAX_ATTEMPTS
+MAX_TIMEOUT_MS = validation.MAX_TIMEOUT_MS
+MAX_IDEMPOTENCY_KEY_LENGTH = validation.MAX_IDEMPOTENCY_KEY_LENGTH
+MAX_ERROR_LENGTH = validation.MAX_ERROR_LENGTH
+MAX_MESSAGE_LENGTH = validation.MAX_PROGRESS_MESSAGE_LENGTH
+MAX_BATCH_SIZE = validation.MAX_TASKS_PER_BATCH
 
 
 class TaskState(StrEnum):
@@ -69,6 +69,9 @@ class NewTask:
     timeout_ms: int | None
     idempotency_key: str | None
     schedule_to_start_timeout_ms: int | None = None
+    tenant: str = tenancy.DEFAULT_TENANT
+    # The id of the key that submitted it.
+    submitted_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,13 @@ class TaskRecord:
     routing: RecordedDecision | None = None
     # While PENDING, why: computed from the live view of agents when the task is shown.
     pending_reason: str = ""
+    tenant: str = tenancy.DEFAULT_TENANT
+    submitted_by: str | None = None
+
+    @property
+    def routing_type(self) -> str:
+        """The task type within its tenant: only the tenant's agents offer it."""
+        return tenancy.qualify(self.tenant, self.task_type)
 
     @cached_property
     def routing_requirements(self) -> Requirements:
@@ -233,10 +243,7 @@ def validate_submission(
         raise InvalidArgument("timeout", "must be positive and at most 7 days, or unset for none")
     if schedule_to_start_timeout_ms is not None and not 0 < schedule_to_start_timeout_ms <= MAX_TIMEOUT_MS:
         raise InvalidArgument("schedule_to_start_timeout", "must be positive and at most 7 days, or unset for none")
-    if len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
-        raise InvalidArgument(
-            "idempotency_key", f"is {len(idempotency_key)} characters; at most {MAX_IDEMPOTENCY_KEY_LENGTH} are allowed"
-        )
+    validation.text("idempotency_key", idempotency_key, maximum=MAX_IDEMPOTENCY_KEY_LENGTH)
     return NewTask(
         task_type=task_type,
         payload=validation.storable_json("payload", payload),
@@ -261,27 +268,24 @@ def validate_batch_size(size: int) -> None:
 
 
 def validate_report(task_id: str, agent_id: str, attempt: int) -> AttemptReport:
-    if attempt < 1:
-        raise InvalidArgument("attempt", f"must be the attempt from the assignment (1 or more); got {attempt}")
-    return AttemptReport(
-        task_id=validation.task_id("task_id", task_id),
-        agent_id=validation.agent_id("agent_id", agent_id),
-        attempt=attempt,
-    )
+    if not 1 <= attempt <= MAX_ATTEMPTS_LIMIT:
+        raise InvalidArgument(
+            "attempt", f"must be the attempt from the assignment (1 to {MAX_ATTEMPTS_LIMIT}); got {attempt}"
+        )
+    # The agent id is checked (and qualified with its tenant) where the caller is known.
+    return AttemptReport(task_id=validation.task_id("task_id", task_id), agent_id=agent_id, attempt=attempt)
 
 
 def validate_progress(progress: float, message: str) -> None:
     if not 0.0 <= progress <= 1.0:  # also rejects NaN
         raise InvalidArgument("progress", f"must be between 0 and 1; got {progress}")
-    if len(message) > MAX_MESSAGE_LENGTH:
-        raise InvalidArgument("message", f"is {len(message)} characters; at most {MAX_MESSAGE_LENGTH} are allowed")
+    validation.text("message", message, maximum=MAX_MESSAGE_LENGTH)
 
 
 def validate_failure(error: str) -> None:
     if not error.strip():
         raise InvalidArgument("error", "is required: say what went wrong")
-    if len(error) > MAX_ERROR_LENGTH:
-        raise InvalidArgument("error", f"is {len(error)} characters; at most {MAX_ERROR_LENGTH} are allowed")
+    validation.text("error", error, maximum=MAX_ERROR_LENGTH)
 
 
 def state_after_failure(task: TaskRecord, retryable: bool) -> TaskState:
@@ -330,11 +334,13 @@ def seconds_text(milliseconds: float) -> str:
 
 def why_report_is_stale(task: TaskRecord, report: AttemptReport) -> str:
     """Why a report on an attempt no longer counts, in words the agent's operator can act on."""
-    prefix = f"task {task.id}: report for attempt {report.attempt} from agent '{report.agent_id}' is stale: "
+    prefix = (
+        f"task {task.id}: report for attempt {report.attempt} from agent '{tenancy.plain(report.agent_id)}' is stale: "
+    )
     if task.state.is_terminal:
         return prefix + f"the task is already {task.state.name}"
     if task.attempt != report.attempt:
         return prefix + f"the task is now at attempt {task.attempt} ({task.state.name})"
     if task.state == TaskState.PENDING:
         return prefix + "the attempt was released and the task is PENDING again"
-    return prefix + f"attempt {task.attempt} is held by agent '{task.assigned_agent_id}'"
+    return prefix + f"attempt {task.attempt} is held by agent '{tenancy.plain(task.assigned_agent_id or '')}'"

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from services.orchestrator.domain import AgentProfile, TaskRecord, TaskState
 from services.orchestrator.routing import CandidateAgent, Router, ScoredAgent
+from shared import tenancy
 from shared.matching import Requirements, can_take, unmet_requirement
 
 # How many agents a message names before saying "and N more".
@@ -15,7 +16,7 @@ NAMED_AGENTS = 5
 
 
 def _named(agents: list[AgentProfile], describe: str) -> str:
-    names = [f"'{agent.id}' ({describe.format(agent=agent)})" for agent in agents[:NAMED_AGENTS]]
+    names = [f"'{tenancy.plain(agent.id)}' ({describe.format(agent=agent)})" for agent in agents[:NAMED_AGENTS]]
     if len(agents) > NAMED_AGENTS:
         names.append(f"and {len(agents) - NAMED_AGENTS} more")
     return ", ".join(names)
@@ -26,9 +27,13 @@ class PendingReasons:
     things share one reason, so the fleet is scanned once per kind of task, not once per task."""
 
     def __init__(self, fleet: Collection[AgentProfile], now: datetime) -> None:
-        self._fleet = fleet
+        self._fleets: dict[str, list[AgentProfile]] = {}
+        for agent in fleet:
+            self._fleets.setdefault(tenancy.tenant_of(agent.id), []).append(agent)
         self._now = now
-        self._by_requirements: dict[tuple[str, frozenset[str], frozenset[str], frozenset[tuple[str, str]]], str] = {}
+        self._by_requirements: dict[
+            tuple[str, str, frozenset[str], frozenset[str], frozenset[tuple[str, str]]], str
+        ] = {}
 
     def of(self, task: TaskRecord) -> str:
         """Why the task is still waiting; empty unless it is PENDING."""
@@ -40,9 +45,16 @@ class PendingReasons:
                 f"before attempt {task.attempt}"
             )
         required = task.routing_requirements
-        key = (required.task_type, required.languages, required.specializations, frozenset(required.labels.items()))
+        key = (
+            task.tenant,
+            required.task_type,
+            required.languages,
+            required.specializations,
+            frozenset(required.labels.items()),
+        )
         if key not in self._by_requirements:
-            self._by_requirements[key] = _why_waiting(required, self._fleet)
+            # Only the task's own tenant's agents can take it, or be named.
+            self._by_requirements[key] = _why_waiting(required, self._fleets.get(task.tenant, []))
         return self._by_requirements[key]
 
 
@@ -84,7 +96,14 @@ def scored_candidates(
     """Every agent that can take the task: those taking work scored by the strategy, best first, then
     those that cannot take work now, with why."""
     required = task.routing_requirements
-    capable = sorted((agent for agent in fleet if can_take(agent.capabilities, required)), key=lambda a: a.id)
+    capable = sorted(
+        (
+            agent
+            for agent in fleet
+            if tenancy.tenant_of(agent.id) == task.tenant and can_take(agent.capabilities, required)
+        ),
+        key=lambda a: a.id,
+    )
     taking = [candidate(agent, task.task_type) for agent in capable if agent.accepts_work]
     ranked = router.rank(required, taking, type_outcomes) if taking else []
     idle = [

@@ -16,6 +16,7 @@ from typing import Any
 
 from services.orchestrator.domain import AgentProfile, TaskRecord
 from services.orchestrator.routing import CandidateAgent, Decision, Router
+from shared import tenancy
 from shared.matching import PRIOR_SUCCESS_RATE, can_take
 
 
@@ -40,9 +41,10 @@ class FreeAgent:
 
 @dataclass(frozen=True)
 class WorkQuery:
-    """PENDING tasks of one type that a group of agents with the same capabilities can take, and how many
-    of them the group has free slots for."""
+    """PENDING tasks of one tenant and type that a group of that tenant's agents with the same
+    capabilities can take, and how many of them the group has free slots for."""
 
+    tenant: str
     task_type: str
     languages: frozenset[str]
     specializations: frozenset[str]
@@ -51,6 +53,7 @@ class WorkQuery:
 
     def as_json(self) -> dict[str, Any]:
         return {
+            "tenant": self.tenant,
             "task_type": self.task_type,
             "languages": sorted(self.languages),
             "specializations": sorted(self.specializations),
@@ -60,20 +63,22 @@ class WorkQuery:
 
 
 def work_queries(agents: Iterable[FreeAgent]) -> list[WorkQuery]:
-    """One query per (task type, capabilities) among agents with free slots, asking for as many tasks as
-    those agents have free slots together."""
-    slots: dict[tuple[str, frozenset[str], frozenset[str], frozenset[tuple[str, str]]], int] = defaultdict(int)
+    """One query per (tenant, task type, capabilities) among agents with free slots, asking for as many
+    tasks as those agents have free slots together."""
+    slots: dict[tuple[str, str, frozenset[str], frozenset[str], frozenset[tuple[str, str]]], int] = defaultdict(int)
     for agent in agents:
         if agent.free_slots <= 0:
             continue
         offered = agent.profile.capabilities
         labels = frozenset(offered.labels.items())
+        tenant = tenancy.tenant_of(agent.profile.id)
         for task_type in offered.task_types:
-            slots[(task_type, offered.languages, offered.specializations, labels)] += agent.free_slots
+            slots[(tenant, task_type, offered.languages, offered.specializations, labels)] += agent.free_slots
     return [
-        WorkQuery(task_type, languages, specializations, dict(labels), count)
-        for (task_type, languages, specializations, labels), count in sorted(
-            slots.items(), key=lambda item: (item[0][0], sorted(item[0][1]), sorted(item[0][2]), sorted(item[0][3]))
+        WorkQuery(tenant, task_type, languages, specializations, dict(labels), count)
+        for (tenant, task_type, languages, specializations, labels), count in sorted(
+            slots.items(),
+            key=lambda item: (item[0][0], item[0][1], sorted(item[0][2]), sorted(item[0][3]), sorted(item[0][4])),
         )
     ]
 
@@ -103,9 +108,9 @@ def fair_order(tasks: Iterable[TaskRecord], share: FairShare) -> list[TaskRecord
     rank_in_type: dict[tuple[int, str], int] = defaultdict(int)
     keyed = []
     for task in by_age:
-        rank = rank_in_type[(task.priority, task.task_type)]
-        rank_in_type[(task.priority, task.task_type)] += 1
-        keyed.append(((-task.priority, share.start(task.task_type) + rank, task.created_at, task.id), task))
+        rank = rank_in_type[(task.priority, task.routing_type)]
+        rank_in_type[(task.priority, task.routing_type)] += 1
+        keyed.append(((-task.priority, share.start(task.routing_type) + rank, task.created_at, task.id), task))
     keyed.sort(key=lambda item: item[0])
     return [task for _, task in keyed]
 
@@ -167,8 +172,10 @@ class RoutingTable:
         self._agents = {agent_id: FreeAgent(profile, held.get(agent_id, 0)) for agent_id, profile in profiles.items()}
         self._by_type = defaultdict(list)
         for agent in self._agents.values():
+            tenant = tenancy.tenant_of(agent.profile.id)
             for task_type in agent.profile.task_types:
-                self._by_type[task_type].append(agent)
+                # Keyed by type within the tenant: another tenant's agents never see the task.
+                self._by_type[tenancy.qualify(tenant, task_type)].append(agent)
         self._candidates = {}
         self._pools = {}
 
@@ -181,13 +188,13 @@ class RoutingTable:
     def _pool(self, task: TaskRecord) -> _Pool:
         required = task.routing_requirements
         task_type = task.task_type
-        key = (task_type, required.languages, required.specializations, frozenset(required.labels.items()))
+        key = (task.routing_type, required.languages, required.specializations, frozenset(required.labels.items()))
         pool = self._pools.get(key)
         if pool is not None:
             return pool
         pool = self._pools[key] = _Pool([], [])
         known = self._candidates
-        for agent in self._by_type.get(task_type, ()):
+        for agent in self._by_type.get(task.routing_type, ()):
             profile = agent.profile
             if not can_take(profile.capabilities, required):
                 continue
@@ -242,6 +249,6 @@ def plan_assignments(
         chosen = next(agent for agent in agents if agent.profile.id == decision.agent_id)
         table.assigned(chosen, task.task_type)
         routed_in_round[task.task_type] += 1
-        share.served(task.task_type)
+        share.served(task.routing_type)
         planned.append((task, decision))
     return planned

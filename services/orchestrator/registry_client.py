@@ -14,6 +14,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 
 from arbiter.v1 import agent_pb2, registry_service_pb2, registry_service_pb2_grpc
 from services.orchestrator.domain import AgentProfile, TypePerformance
+from shared import tenancy
 from shared.errors import ArbiterError, Internal, NotFound, Unavailable
 
 # An agent that drains, is silent or is gone takes no new work.
@@ -28,7 +29,8 @@ def _is_unavailable(error: BaseException) -> bool:
 
 def profile_from_pb(agent: agent_pb2.Agent) -> AgentProfile:
     return AgentProfile(
-        id=agent.id,
+        # Qualified with its tenant, as every agent id inside the orchestrator is.
+        id=tenancy.qualify(agent.tenant, agent.id),
         task_types=list(agent.capabilities.task_types),
         languages=list(agent.capabilities.languages),
         specializations=list(agent.capabilities.specializations),
@@ -67,6 +69,13 @@ class Outcome:
     quality: float | None = None
 
 
+def open_registry_channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+    """The channel to the registry: TLS with `credentials` (shared/tls.py), plaintext without."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(target)
+    return grpc.aio.secure_channel(target, credentials)
+
+
 class RegistryClient:
     def __init__(
         self,
@@ -82,7 +91,9 @@ class RegistryClient:
         self._retry_seconds = retry_seconds
 
     async def get_agent(self, agent_id: str) -> AgentProfile:
-        request = registry_service_pb2.GetAgentRequest(agent_id=agent_id)
+        """The agent with this qualified id (the service key acts in every tenant, so it names the tenant)."""
+        tenant, plain_id = tenancy.split(agent_id)
+        request = registry_service_pb2.GetAgentRequest(agent_id=plain_id, tenant=tenant)
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(_is_unavailable),
@@ -106,7 +117,7 @@ class RegistryClient:
             async for response in call:
                 yield AgentChanges(
                     [profile_from_pb(agent) for agent in response.agents],
-                    list(response.removed_agent_ids),
+                    [tenancy.qualify(removed.tenant, removed.agent_id) for removed in response.removed_agents],
                     response.snapshot_complete,
                 )
         except grpc.aio.AioRpcError as error:
@@ -119,7 +130,8 @@ class RegistryClient:
         request = registry_service_pb2.RecordOutcomesRequest(
             outcomes=[
                 registry_service_pb2.RecordOutcomeRequest(
-                    agent_id=outcome.agent_id,
+                    tenant=tenancy.tenant_of(outcome.agent_id),
+                    agent_id=tenancy.plain(outcome.agent_id),
                     task_type=outcome.task_type,
                     success=outcome.success,
                     latency_ms=outcome.latency_ms,
@@ -132,7 +144,7 @@ class RegistryClient:
             response = await self._stub.RecordOutcomes(request, metadata=self._metadata, timeout=self._deadline_seconds)
         except grpc.aio.AioRpcError as error:
             raise self._domain_error(error, "") from error
-        return list(response.unknown_agent_ids)
+        return [tenancy.qualify(unknown.tenant, unknown.agent_id) for unknown in response.unknown_agents]
 
     async def offline_among(self, agent_ids: set[str]) -> set[str]:
         """Which of these agents the registry considers OFFLINE (silent too long) or no longer knows."""
@@ -149,8 +161,9 @@ class RegistryClient:
             except grpc.aio.AioRpcError as error:
                 raise self._domain_error(error, "") from error
             for agent in response.agents:
-                if agent.id in agent_ids:
-                    (offline if agent.status == agent_pb2.AGENT_STATUS_OFFLINE else known_online).add(agent.id)
+                agent_id = tenancy.qualify(agent.tenant, agent.id)
+                if agent_id in agent_ids:
+                    (offline if agent.status == agent_pb2.AGENT_STATUS_OFFLINE else known_online).add(agent_id)
             page_token = response.next_page_token
             if not page_token:
                 return offline | (agent_ids - known_online - offline)
@@ -159,11 +172,14 @@ class RegistryClient:
     def _domain_error(error: grpc.aio.AioRpcError, agent_id: str) -> ArbiterError:
         code, details = error.code(), error.details()
         if code == grpc.StatusCode.NOT_FOUND:
-            return NotFound(f"agent '{agent_id}' is not registered: call RegistryService.RegisterAgent first")
+            return NotFound(
+                f"agent '{tenancy.plain(agent_id)}' is not registered: call RegistryService.RegisterAgent first"
+            )
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             return Internal(
                 f"the registry rejected the orchestrator's service key ({details}); "
-                "the operator must set ARBITER_SERVICE_KEY to a key with role 'service'"
+                "the operator must set ARBITER_SERVICE_KEY to a key with role 'service' for every tenant "
+                "(`arbiter keys create --role service --tenant '*'`)"
             )
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             return Unavailable(f"the registry is unreachable ({details}); retry shortly")

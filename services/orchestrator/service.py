@@ -40,14 +40,15 @@ from services.orchestrator.registry_client import Outcome, RegistryClient
 from services.orchestrator.routing import Router, ScoredAgent, Strategy
 from services.orchestrator.sessions import AgentSession, AgentSessions
 from services.orchestrator.storage import TaskStore
-from shared import validation
+from shared import tenancy, validation
 from shared.errors import Aborted, ArbiterError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shared.pagination import decode_page_token, encode_page_token
+from shared.tenancy import TaskScope
 
 logger = logging.getLogger(__name__)
 
 _PAGE_KEYS = frozenset({"created_at", "id"})
-MAX_CANCEL_REASON_LENGTH = 1024
+MAX_CANCEL_REASON_LENGTH = validation.MAX_CANCEL_REASON_LENGTH
 # A watcher re-reads its task this often even without a notification (the listener may be reconnecting).
 WATCH_REREAD_SECONDS = 5.0
 SHUTDOWN_POLL_SECONDS = 0.1
@@ -59,6 +60,7 @@ RECONNECT_POLL_SECONDS = 0.01
 
 
 def _unknown_task(task_id: str) -> NotFound:
+    # The same answer for another tenant's task (or, for a submitter key, another key's): ids do not leak.
     return NotFound(f"task {task_id} does not exist")
 
 
@@ -125,12 +127,12 @@ class Orchestrator:
             self.dispatcher.wake()
         return submitted
 
-    async def queue_stats(self) -> list[TaskCount]:
-        return await self._store.count_by_type_and_state()
+    async def queue_stats(self, scope: TaskScope) -> list[TaskCount]:
+        return await self._store.count_by_type_and_state(scope)
 
-    async def get(self, task_id: str) -> TaskRecord:
+    async def get(self, task_id: str, scope: TaskScope) -> TaskRecord:
         checked_id = validation.task_id("task_id", task_id)
-        record = await self._store.get(checked_id)
+        record = await self._store.get(checked_id, scope)
         if record is None:
             raise _unknown_task(checked_id)
         return (await self._shown([record]))[0]
@@ -146,8 +148,8 @@ class Orchestrator:
             for record in records
         ]
 
-    async def explain_routing(self, task_id: str) -> RoutingExplanation:
-        task = await self.get(task_id)
+    async def explain_routing(self, task_id: str, scope: TaskScope) -> RoutingExplanation:
+        task = await self.get(task_id, scope)
         decisions = await self._store.routing_decisions(task.id)
         candidates = []
         if task.state == TaskState.PENDING:
@@ -156,31 +158,33 @@ class Orchestrator:
             )
         return RoutingExplanation(task, decisions, self._router.settings.strategy, candidates)
 
-    async def list_tasks(self, state: TaskState | None, task_type: str, page_size: int, page_token: str) -> TaskPage:
+    async def list_tasks(
+        self, scope: TaskScope, state: TaskState | None, task_type: str, page_size: int, page_token: str
+    ) -> TaskPage:
         limit = validation.page_size("page_size", page_size)
         position = decode_page_token("page_token", page_token, _PAGE_KEYS)
         before = None
         if position is not None:
             try:
                 before = (datetime.fromisoformat(position["created_at"]), validation.task_id("id", position["id"]))
-            except (TypeError, ValueError, InvalidArgument):
+            # A token edited by hand may hold any JSON value: uuid.UUID(True) raises AttributeError.
+            except (TypeError, ValueError, AttributeError, InvalidArgument):
                 raise InvalidArgument("page_token", "is not a token from a previous page") from None
         if task_type:
             validation.name("task_type", task_type, required=True)
-        records = await self._store.list_page(before, limit + 1, state, task_type or None)
+        records = await self._store.list_page(scope, before, limit + 1, state, task_type or None)
         if len(records) <= limit:
             return TaskPage(await self._shown(records), "")
         page = await self._shown(records[:limit])
         last = page[-1]
         return TaskPage(page, encode_page_token({"created_at": last.created_at.isoformat(), "id": last.id}))
 
-    async def cancel(self, task_id: str, reason: str) -> TaskRecord:
+    async def cancel(self, task_id: str, reason: str, scope: TaskScope) -> TaskRecord:
         checked_id = validation.task_id("task_id", task_id)
-        if len(reason) > MAX_CANCEL_REASON_LENGTH:
-            raise InvalidArgument("reason", f"is {len(reason)} characters; at most {MAX_CANCEL_REASON_LENGTH}")
-        cancelled = await self._store.cancel(checked_id, reason.strip() or "cancelled by request")
+        validation.text("reason", reason, maximum=MAX_CANCEL_REASON_LENGTH)
+        cancelled = await self._store.cancel(checked_id, reason.strip() or "cancelled by request", scope)
         if cancelled is None:
-            current = await self.get(checked_id)
+            current = await self.get(checked_id, scope)
             raise FailedPrecondition(
                 f"task {checked_id} is already {current.state.name}; only PENDING, ASSIGNED or RUNNING tasks "
                 "can be cancelled"
@@ -188,18 +192,18 @@ class Orchestrator:
         # The agent's stream, on whichever orchestrator, hears of it through the table's NOTIFY.
         return (await self._shown([cancelled]))[0]
 
-    async def watch(self, task_id: str) -> AsyncIterator[TaskRecord]:
+    async def watch(self, task_id: str, scope: TaskScope) -> AsyncIterator[TaskRecord]:
         """The task now, then after each change, until it is finished. Changes in quick succession may
         arrive as one (the latest state); GetTaskHistory has every transition."""
         checked_id = validation.task_id("task_id", task_id)
         with self._notifications.watch(checked_id) as changed:
-            task = await self.get(checked_id)
+            task = await self.get(checked_id, scope)
             yield task
             while not task.state.is_terminal:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), WATCH_REREAD_SECONDS)
                 changed.clear()
-                stored = await self._store.get(checked_id)
+                stored = await self._store.get(checked_id, scope)
                 if stored is None:
                     raise NotFound(f"task {checked_id} was deleted (finished tasks are pruned after their retention)")
                 current = (await self._shown([stored]))[0]
@@ -207,17 +211,16 @@ class Orchestrator:
                     task = current
                     yield task
 
-    async def history(self, task_id: str) -> list[TaskEvent]:
+    async def history(self, task_id: str, scope: TaskScope) -> list[TaskEvent]:
         checked_id = validation.task_id("task_id", task_id)
-        events = await self._store.history(checked_id)
-        if not events and await self._store.get(checked_id) is None:
+        if await self._store.get(checked_id, scope) is None:
             raise _unknown_task(checked_id)
-        return events
+        return await self._store.history(checked_id)
 
     # Agents' side.
 
     async def _explain_stale(self, report: AttemptReport) -> FailedPrecondition:
-        current = await self._store.get(report.task_id)
+        current = await self._store.get(report.task_id, TaskScope(tenancy.tenant_of(report.agent_id)))
         if current is None:
             raise _unknown_task(report.task_id)
         return FailedPrecondition(why_report_is_stale(current, report))
@@ -269,11 +272,11 @@ class Orchestrator:
         cancellations of what it holds as they happen."""
         if self.sessions.closing:
             raise Unavailable("this orchestrator is shutting down; connect to another instance")
-        checked_id = validation.agent_id("agent_id", agent_id)
-        profile = self.directory.get(checked_id)
+        # `agent_id` is qualified with its tenant (checked by the servicer).
+        profile = self.directory.get(agent_id)
         if profile is None or not self.directory.synced.is_set():
             # Registered a moment ago, or the view is not in sync: ask the registry itself.
-            profile = await self._registry.get_agent(checked_id)
+            profile = await self._registry.get_agent(agent_id)
         stream_id = str(uuid.uuid4())
         with self.sessions.open(profile) as session:
             logger.info("agent %s connected (%d streams open)", agent_id, len(self.sessions))
@@ -294,7 +297,9 @@ class Orchestrator:
                         yield task
                     self._raise_if_superseded(session, agent_id)
                     if agent_id in self.directory.removed:
-                        raise NotFound(f"agent '{agent_id}' was deregistered; register it again to receive work")
+                        raise NotFound(
+                            f"agent '{tenancy.plain(agent_id)}' was deregistered; register it again to receive work"
+                        )
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self._poll_seconds):
                             await session.wakeup.wait()
@@ -319,7 +324,7 @@ class Orchestrator:
         if session.superseded or await self._reconnected_here(session):
             # The agent's newer stream here has (or is about to have) its row: never release.
             return
-        release_reason: str | None = f"the assignment stream of agent '{agent_id}' closed"
+        release_reason: str | None = f"the assignment stream of agent '{tenancy.plain(agent_id)}' closed"
         try:
             # The registry itself, not the live view: an agent heartbeats DRAINING just before it
             # closes its stream, and the view may be a moment behind.
@@ -368,7 +373,7 @@ class Orchestrator:
                 reason = (
                     None
                     if await self._is_alive(agent_id)
-                    else (f"orchestrator {self.instance_id} shut down and agent '{agent_id}' is gone")
+                    else (f"orchestrator {self.instance_id} shut down and agent '{tenancy.plain(agent_id)}' is gone")
                 )
                 # This orchestrator's own shutdown: not held against the agent's track record.
                 released = await self._store.close_stream(agent_id, stream_id, reason, agent_failed=False)
@@ -388,4 +393,4 @@ class Orchestrator:
     @staticmethod
     def _raise_if_superseded(session: AgentSession, agent_id: str) -> None:
         if session.superseded:
-            raise Aborted(f"a newer assignment stream for agent '{agent_id}' replaced this one")
+            raise Aborted(f"a newer assignment stream for agent '{tenancy.plain(agent_id)}' replaced this one")

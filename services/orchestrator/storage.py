@@ -32,16 +32,28 @@ from services.orchestrator.domain import (
 )
 from services.orchestrator.planning import WorkQuery
 from services.orchestrator.routing import Decision, ScoredAgent, Strategy
+from shared import tenancy
 from shared.database import Pool
+from shared.tenancy import TaskScope
 
 _TASK_COLUMNS = """
     id::text AS id, task_type, state, payload, result, error, priority, required_languages,
     required_specializations, required_labels, attempt, max_attempts, timeout_ms, idempotency_key,
     assigned_agent_id, progress, progress_message, lease_expires_at, created_at, updated_at, not_before,
-    schedule_to_start_timeout_ms, assigned_at
+    schedule_to_start_timeout_ms, assigned_at, tenant, submitted_by::text AS submitted_by
 """
 # The same columns where another table in the statement has an id too.
 _QUALIFIED_TASK_COLUMNS = ", ".join(f"t.{column.strip()}" for column in _TASK_COLUMNS.split(","))
+# Which tasks a caller may reach (shared.tenancy.TaskScope): its tenant's, and perhaps only its own.
+_IN_SCOPE = """
+    (%(scope_tenant)s::text IS NULL OR tenant = %(scope_tenant)s)
+    AND (%(scope_submitter)s::uuid IS NULL OR submitted_by = %(scope_submitter)s::uuid)
+"""
+
+
+def _scope(scope: TaskScope) -> dict[str, Any]:
+    return {"scope_tenant": scope.tenant, "scope_submitter": scope.submitted_by}
+
 
 _IN_FLIGHT = "('assigned', 'running')"
 
@@ -49,10 +61,12 @@ _IN_FLIGHT = "('assigned', 'running')"
 # insert_task: a new PENDING row, or nothing when the idempotency key is taken (the caller reads that row).
 _INSERT_TASK = f"""
     INSERT INTO tasks (task_type, state, payload, priority, required_languages, required_specializations,
-                       required_labels, max_attempts, timeout_ms, idempotency_key, schedule_to_start_timeout_ms)
+                       required_labels, max_attempts, timeout_ms, idempotency_key, schedule_to_start_timeout_ms,
+                       tenant, submitted_by)
     VALUES (%(task_type)s, 'pending', %(payload)s, %(priority)s, %(languages)s, %(specializations)s,
-            %(labels)s, %(max_attempts)s, %(timeout_ms)s, %(idempotency_key)s, %(schedule_to_start_timeout_ms)s)
-    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+            %(labels)s, %(max_attempts)s, %(timeout_ms)s, %(idempotency_key)s, %(schedule_to_start_timeout_ms)s,
+            %(tenant)s, %(submitted_by)s)
+    ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING {_TASK_COLUMNS}
 """
 
@@ -69,6 +83,8 @@ def _insert_parameters(task: NewTask) -> dict[str, Any]:
         "timeout_ms": task.timeout_ms,
         "idempotency_key": task.idempotency_key,
         "schedule_to_start_timeout_ms": task.schedule_to_start_timeout_ms,
+        "tenant": task.tenant,
+        "submitted_by": task.submitted_by,
     }
 
 
@@ -142,6 +158,8 @@ def _record(row: dict[str, Any]) -> TaskRecord:
         not_before=row["not_before"],
         schedule_to_start_timeout_ms=row["schedule_to_start_timeout_ms"],
         assigned_at=row["assigned_at"],
+        tenant=row["tenant"],
+        submitted_by=row["submitted_by"],
     )
 
 
@@ -160,8 +178,10 @@ class TaskStore:
 
     async def insert_many(self, tasks: list[NewTask]) -> list[Submitted]:
         """insert_tasks: all rows in one transaction (all or none), in order. A task whose idempotency
-        key is taken, by an earlier submit or earlier in this batch, resolves to the existing row.
-        Concurrent inserts with one key wait on the unique index, so only one row is made."""
+        key is taken in its tenant, by an earlier submit or earlier in this batch, resolves to the existing
+        row. Concurrent inserts with one key wait on the unique index, so only one row is made. A batch
+        is one tenant's."""
+        assert len({task.tenant for task in tasks}) <= 1, "a batch of tasks belongs to one tenant"
         async with self._pool.connection() as connection, connection.transaction(), connection.cursor() as cursor:
             await cursor.executemany(_INSERT_TASK, [_insert_parameters(task) for task in tasks], returning=True)
             inserted: list[TaskRecord | None] = []
@@ -172,7 +192,8 @@ class TaskStore:
             existing: dict[str, TaskRecord] = {}
             if taken_keys:
                 await cursor.execute(
-                    f"SELECT {_TASK_COLUMNS} FROM tasks WHERE idempotency_key = ANY(%s)", (taken_keys,)
+                    f"SELECT {_TASK_COLUMNS} FROM tasks WHERE tenant = %s AND idempotency_key = ANY(%s)",
+                    (tasks[0].tenant, taken_keys),
                 )
                 existing = {row["idempotency_key"]: _record(row) for row in await cursor.fetchall()}
         submitted = []
@@ -184,43 +205,55 @@ class TaskStore:
                 submitted.append(Submitted(existing[task.idempotency_key], created=False))
         return submitted
 
-    async def count_by_type_and_state(self) -> list[TaskCount]:
-        """count_tasks: one row per (type, state) that has tasks, with its oldest submission time."""
+    async def count_by_type_and_state(self, scope: TaskScope) -> list[TaskCount]:
+        """count_tasks: one row per (type, state) that has tasks in scope, with its oldest submission time."""
         async with self._pool.connection() as connection:
             cursor = await connection.execute(
-                """
+                f"""
                 SELECT task_type, state, count(*) AS count, min(created_at) AS oldest_created_at
                 FROM tasks
+                WHERE {_IN_SCOPE}
                 GROUP BY task_type, state
                 ORDER BY task_type, state
-                """
+                """,
+                _scope(scope),
             )
             rows = await cursor.fetchall()
         return [
             TaskCount(row["task_type"], TaskState(row["state"]), row["count"], row["oldest_created_at"]) for row in rows
         ]
 
-    async def get(self, task_id: str) -> TaskRecord | None:
+    async def get(self, task_id: str, scope: TaskScope) -> TaskRecord | None:
+        """get_task: the task, or None when it is unknown or out of the caller's scope (the same answer)."""
         async with self._pool.connection() as connection:
-            cursor = await connection.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = %s", (task_id,))
+            cursor = await connection.execute(
+                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = %(id)s AND {_IN_SCOPE}", {"id": task_id, **_scope(scope)}
+            )
             row = await cursor.fetchone()
         return _record(row) if row else None
 
     async def list_page(
-        self, before: tuple[datetime, str] | None, limit: int, state: TaskState | None, task_type: str | None
+        self,
+        scope: TaskScope,
+        before: tuple[datetime, str] | None,
+        limit: int,
+        state: TaskState | None,
+        task_type: str | None,
     ) -> list[TaskRecord]:
-        """list_tasks: up to `limit` tasks older than `before`, newest first (keyset paging)."""
+        """list_tasks: up to `limit` tasks in scope older than `before`, newest first (keyset paging)."""
         async with self._pool.connection() as connection:
             cursor = await connection.execute(
                 f"""
                 SELECT {_TASK_COLUMNS} FROM tasks
-                WHERE (%(before_at)s::timestamptz IS NULL OR (created_at, id) < (%(before_at)s, %(before_id)s::uuid))
+                WHERE {_IN_SCOPE}
+                  AND (%(before_at)s::timestamptz IS NULL OR (created_at, id) < (%(before_at)s, %(before_id)s::uuid))
                   AND (%(state)s::text IS NULL OR state = %(state)s)
                   AND (%(task_type)s::text IS NULL OR task_type = %(task_type)s)
                 ORDER BY created_at DESC, id DESC
                 LIMIT %(limit)s
                 """,
                 {
+                    **_scope(scope),
                     "before_at": before[0] if before else None,
                     "before_id": before[1] if before else None,
                     "state": state.value if state else None,
@@ -231,18 +264,18 @@ class TaskStore:
             rows = await cursor.fetchall()
         return [_record(row) for row in rows]
 
-    async def cancel(self, task_id: str, reason: str) -> TaskRecord | None:
-        """cancel_task: moves one unfinished task to CANCELLED (a held one keeps its agent, whose stream
-        the trigger's NOTIFY tells); None when the task is unknown or already finished."""
+    async def cancel(self, task_id: str, reason: str, scope: TaskScope) -> TaskRecord | None:
+        """cancel_task: moves one unfinished task in scope to CANCELLED (a held one keeps its agent, whose
+        stream the trigger's NOTIFY tells); None when the task is unknown, out of scope or finished."""
         async with self._pool.connection() as connection:
             cursor = await connection.execute(
                 f"""
                 UPDATE tasks
                 SET state = 'cancelled', error = %(reason)s, lease_expires_at = NULL, updated_at = now()
-                WHERE id = %(id)s AND state IN ('pending', 'assigned', 'running')
+                WHERE id = %(id)s AND state IN ('pending', 'assigned', 'running') AND {_IN_SCOPE}
                 RETURNING {_TASK_COLUMNS}
                 """,
-                {"id": task_id, "reason": reason},
+                {"id": task_id, "reason": reason, **_scope(scope)},
             )
             row = await cursor.fetchone()
         return _record(row) if row else None
@@ -272,11 +305,11 @@ class TaskStore:
             cursor = await connection.execute(
                 f"""
                 SELECT {_QUALIFIED_TASK_COLUMNS}
-                FROM jsonb_to_recordset(%(queries)s) AS q(task_type text, languages text[],
+                FROM jsonb_to_recordset(%(queries)s) AS q(tenant text, task_type text, languages text[],
                                                            specializations text[], labels jsonb, max_tasks int)
                 CROSS JOIN LATERAL (
                     SELECT * FROM tasks
-                    WHERE state = 'pending' AND task_type = q.task_type
+                    WHERE state = 'pending' AND tenant = q.tenant AND task_type = q.task_type
                       AND (not_before IS NULL OR not_before <= now())
                       AND required_languages <@ q.languages
                       AND required_specializations <@ q.specializations
@@ -457,7 +490,9 @@ class TaskStore:
             FOR UPDATE SKIP LOCKED
             """,
             {"limit": limit},
-            lambda task: f"lease expired: no progress from agent '{task.assigned_agent_id}' in time",
+            lambda task: (
+                f"lease expired: no progress from agent '{tenancy.plain(task.assigned_agent_id or '')}' in time"
+            ),
             retryable=True,
             backoff=True,
             agents_failed=True,

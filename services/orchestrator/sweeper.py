@@ -17,6 +17,7 @@ from services.orchestrator.agent_directory import AgentDirectory
 from services.orchestrator.domain import TaskRecord
 from services.orchestrator.registry_client import RegistryClient
 from services.orchestrator.storage import TaskStore
+from shared import tenancy
 from shared.errors import ArbiterError
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class SweepCounts:
     unstarted: int = 0
     released_offline: int = 0
     pruned: int = 0
+    pruned_audit_events: int = 0
     woken_types: list[str] = field(default_factory=list)
 
 
@@ -47,6 +49,7 @@ class Sweeper:
         *,
         interval_seconds: float,
         retention: timedelta,
+        prune_audit_events: Callable[[], Awaitable[int]],
     ) -> None:
         self._store = store
         self._registry = registry
@@ -54,6 +57,7 @@ class Sweeper:
         self._wake_dispatcher = wake_dispatcher
         self._interval_seconds = interval_seconds
         self._retention = retention
+        self._prune_audit_events = prune_audit_events
         self._last_sweep_at = datetime.now(UTC)
         self._last_prune = float("-inf")  # the first sweep prunes
 
@@ -86,6 +90,8 @@ class Sweeper:
                 counts.pruned += pruned
                 if pruned < PRUNE_BATCH:
                     break
+            # Audit events past their retention go too (batched inside; safe on every instance).
+            counts.pruned_audit_events = await self._prune_audit_events()
         return counts
 
     async def _release_offline_agents(self) -> int:
@@ -100,7 +106,7 @@ class Sweeper:
         released = 0
         for agent_id in sorted(gone):
             tasks = await self._store.release_agent(
-                agent_id, f"agent '{agent_id}' is OFFLINE (no heartbeat) or no longer registered"
+                agent_id, f"agent '{tenancy.plain(agent_id)}' is OFFLINE (no heartbeat) or no longer registered"
             )
             released += len(tasks)
         return released

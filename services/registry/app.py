@@ -5,18 +5,27 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from arbiter.v1 import registry_service_pb2_grpc
+import grpc
+
+from arbiter.v1 import admin_service_pb2_grpc, registry_service_pb2_grpc
+from services.registry.admin_servicer import AdminServicer
 from services.registry.agent_feed import AgentFeed
 from services.registry.domain import Silence
 from services.registry.service import Registry
 from services.registry.servicer import RegistryServicer
 from services.registry.storage import AgentStore
-from shared.api_keys import KeyCache
-from shared.auth import ApiKeyInterceptor
+from shared.auth import Gate, open_gate
 from shared.config import Config
 from shared.database import Pool, open_pool
-from shared.permissions import REGISTRY_ROLES, REGISTRY_SERVICE, method_permissions
-from shared.server import RunningServer, cancel_and_wait, start_server
+from shared.permissions import (
+    ADMIN_ROLES,
+    ADMIN_SERVICE,
+    REGISTRY_ROLES,
+    REGISTRY_SERVICE,
+    method_permissions,
+)
+from shared.server import RunningServer, ServerLimits, cancel_and_wait, start_server
+from shared.tls import server_credentials
 
 
 @dataclass
@@ -25,6 +34,7 @@ class RegistryApp:
     feed: AgentFeed
     feed_task: asyncio.Task[None]
     server: RunningServer
+    gate: Gate
 
     @property
     def port(self) -> int:
@@ -37,34 +47,50 @@ class RegistryApp:
         self.feed.close()
         await self.server.stop(grace)
         await cancel_and_wait([self.feed_task])
+        await self.gate.close()
         await self.pool.close()
 
 
 async def create_registry(config: Config) -> RegistryApp:
     """Starts the registry on config.registry_addr (port 0 picks a free port). Migrations are the caller's."""
     database_url = config.require_database_url()
+    credentials = server_credentials(config)
+    hasher = config.key_hasher()
     pool = await open_pool(database_url, config.db_pool_min_size, config.db_pool_max_size, name="registry")
     feed_task: asyncio.Task[None] | None = None
+    gate: Gate | None = None
     try:
         store = AgentStore(pool, Silence.for_interval(config.heartbeat_interval_seconds))
         feed = AgentFeed(database_url, store, config.heartbeat_interval_seconds)
         feed_task = asyncio.create_task(feed.run())
         registry = Registry(store, feed, config.heartbeat_interval_seconds, config.degradation_min_outcomes)
-        interceptor = ApiKeyInterceptor(
-            KeyCache(pool, config.auth_cache_seconds), method_permissions(REGISTRY_SERVICE, REGISTRY_ROLES)
+        gate = await open_gate(
+            config,
+            pool,
+            {
+                **method_permissions(REGISTRY_SERVICE, REGISTRY_ROLES),
+                **method_permissions(ADMIN_SERVICE, ADMIN_ROLES),
+            },
         )
+
+        def add_servicers(grpc_server: grpc.aio.Server) -> None:
+            registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry), grpc_server)
+            admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(pool, hasher), grpc_server)
+
         server = await start_server(
             config.registry_addr,
-            [REGISTRY_SERVICE],
-            lambda grpc_server: registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(
-                RegistryServicer(registry), grpc_server
-            ),
-            [interceptor],
+            [REGISTRY_SERVICE, ADMIN_SERVICE],
+            add_servicers,
+            [gate.interceptor],
             pool,
+            limits=ServerLimits.from_config(config),
+            credentials=credentials,
         )
     except BaseException:
         if feed_task is not None:
             await cancel_and_wait([feed_task])
+        if gate is not None:
+            await gate.close()
         await pool.close()
         raise
-    return RegistryApp(pool, feed, feed_task, server)
+    return RegistryApp(pool, feed, feed_task, server, gate)

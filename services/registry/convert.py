@@ -25,6 +25,7 @@ from services.registry.domain import (
     validate_outcome_batch_size,
     validate_registration,
 )
+from shared import tenancy
 from shared.errors import InvalidArgument
 
 _STATUS_TO_PB = {
@@ -135,8 +136,10 @@ def performance_to_pb(record: AgentRecord) -> agent_pb2.AgentPerformance:
 
 def agent_to_pb(record: AgentRecord) -> agent_pb2.Agent:
     registration = record.registration
+    tenant, agent_id = tenancy.split(registration.id)
     return agent_pb2.Agent(
-        id=registration.id,
+        id=agent_id,
+        tenant=tenant,
         name=registration.name,
         model_family=registration.model_family,
         capabilities=agent_pb2.AgentCapabilities(
@@ -154,6 +157,11 @@ def agent_to_pb(record: AgentRecord) -> agent_pb2.Agent:
     )
 
 
+def agent_reference_to_pb(qualified_id: str) -> agent_pb2.AgentReference:
+    tenant, agent_id = tenancy.split(qualified_id)
+    return agent_pb2.AgentReference(tenant=tenant, agent_id=agent_id)
+
+
 def candidate_to_pb(candidate: Candidate) -> registry_pb2.Candidate:
     return registry_pb2.Candidate(
         agent=agent_to_pb(candidate.agent),
@@ -166,6 +174,7 @@ def candidate_to_pb(candidate: Candidate) -> registry_pb2.Candidate:
 def changes_to_pb(changes: AgentChanges) -> registry_pb2.WatchAgentsResponse:
     return registry_pb2.WatchAgentsResponse(
         agents=[agent_to_pb(record) for record in changes.upserted],
-        removed_agent_ids=changes.removed_ids,
+        removed_agent_ids=[tenancy.plain(agent_id) for agent_id in changes.removed_ids],
+        removed_agents=[agent_reference_to_pb(agent_id) for agent_id in changes.removed_ids],
         snapshot_complete=changes.snapshot_complete,
     )

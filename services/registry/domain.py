@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from shared import matching, validation
+from shared import matching, tenancy, validation
 from shared.errors import InvalidArgument
 
-MAX_CONCURRENT_TASKS_LIMIT = 1000
+# The documented limits live in shared/validation.py (README, "Limits").
+MAX_CONCURRENT_TASKS_LIMIT = validation.MAX_CONCURRENT_TASKS
 
 
 class AgentStatus(StrEnum):
@@ -184,8 +185,10 @@ def validate_registration(
 
 def validate_heartbeat(agent_id: str, active_tasks: int, status: AgentStatus | None) -> Heartbeat:
     """Checks a heartbeat; no status means ONLINE."""
-    if active_tasks < 0:
-        raise InvalidArgument("active_tasks", f"must be 0 or more; got {active_tasks}")
+    if not 0 <= active_tasks <= validation.MAX_ACTIVE_TASKS:
+        raise InvalidArgument(
+            "active_tasks", f"must be between 0 and {validation.MAX_ACTIVE_TASKS}; got {active_tasks}"
+        )
     reported = status or AgentStatus.ONLINE
     if reported not in SELF_REPORTED_STATUSES:
         raise InvalidArgument(
@@ -198,7 +201,7 @@ def validate_heartbeat(agent_id: str, active_tasks: int, status: AgentStatus | N
 
 # ---- Outcomes ----
 
-MAX_OUTCOMES_PER_BATCH = 1000
+MAX_OUTCOMES_PER_BATCH = validation.MAX_OUTCOMES_PER_BATCH
 
 
 @dataclass(frozen=True)
@@ -223,8 +226,10 @@ def validate_outcome(
     field_prefix: str, agent_id: str, task_type: str, success: bool, latency_ms: float, quality: float | None
 ) -> Outcome:
     """Checks one outcome; `field_prefix` is "" for RecordOutcome and e.g. "outcomes[3]." in a batch."""
-    if not math.isfinite(latency_ms) or latency_ms < 0:
-        raise InvalidArgument(f"{field_prefix}latency_ms", f"must be a finite number of 0 or more; got {latency_ms}")
+    if not 0 <= latency_ms <= validation.MAX_LATENCY_MS:  # also rejects NaN
+        raise InvalidArgument(
+            f"{field_prefix}latency_ms", f"must be between 0 and {validation.MAX_LATENCY_MS}; got {latency_ms}"
+        )
     if quality is not None and not (math.isfinite(quality) and 0 <= quality <= 1):
         raise InvalidArgument(f"{field_prefix}quality", f"must be from 0 to 1, or unset; got {quality}")
     return Outcome(
@@ -285,8 +290,8 @@ def judge_degradation(recent: OutcomeTotals, baseline: OutcomeTotals, min_outcom
 
 # ---- Candidates ----
 
-DEFAULT_CANDIDATE_LIMIT = 10
-MAX_CANDIDATE_LIMIT = 500
+DEFAULT_CANDIDATE_LIMIT = validation.DEFAULT_CANDIDATE_LIMIT
+MAX_CANDIDATE_LIMIT = validation.MAX_CANDIDATE_LIMIT
 
 
 @dataclass(frozen=True)
@@ -394,3 +399,11 @@ class AgentChanges:
     upserted: tuple[AgentRecord, ...] = ()
     removed_ids: tuple[str, ...] = ()
     snapshot_complete: bool = False
+
+    def of_tenant(self, tenant: str) -> AgentChanges:
+        """Only what concerns one tenant's agents."""
+        return AgentChanges(
+            tuple(record for record in self.upserted if tenancy.tenant_of(record.registration.id) == tenant),
+            tuple(agent_id for agent_id in self.removed_ids if tenancy.tenant_of(agent_id) == tenant),
+            self.snapshot_complete,
+        )

@@ -16,15 +16,15 @@ from services.registry.domain import (
     AgentStatus,
     Candidate,
     CandidateQuery,
+    Heartbeat,
     Outcome,
     RecordedOutcomes,
     judge_degradation,
     rank_candidates,
-    validate_heartbeat,
 )
 from services.registry.storage import AgentStore, DegradationUpdate
-from shared import validation
-from shared.errors import NotFound, Unavailable
+from shared import tenancy, validation
+from shared.errors import InvalidArgument, NotFound, Unavailable
 from shared.pagination import decode_page_token, encode_page_token
 
 _PAGE_KEYS = frozenset({"after_id"})
@@ -33,7 +33,8 @@ FEED_READY_SECONDS = 10.0
 
 
 def _unknown_agent(agent_id: str) -> NotFound:
-    return NotFound(f"agent '{agent_id}' is not registered: call RegisterAgent first")
+    # The same answer for an agent of another tenant: ids do not leak across tenants.
+    return NotFound(f"agent '{tenancy.plain(agent_id)}' is not registered: call RegisterAgent first")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class AgentPage:
 
 
 class Registry:
+    """Agent ids here are qualified by their tenant (`shared.tenancy`); a `tenant` of None means every
+    tenant (keys that act in every tenant)."""
+
     def __init__(
         self,
         store: AgentStore,
@@ -58,30 +62,30 @@ class Registry:
     async def register(self, registration: AgentRegistration) -> AgentRecord:
         return await self._store.upsert(registration)
 
-    async def heartbeat(self, agent_id: str, active_tasks: int, status: AgentStatus | None) -> AgentRecord:
-        beat = validate_heartbeat(agent_id, active_tasks, status)
+    async def heartbeat(self, beat: Heartbeat) -> AgentRecord:
         record = await self._store.record_heartbeat(beat)
         if record is None:
             raise _unknown_agent(beat.agent_id)
         return record
 
     async def get(self, agent_id: str) -> AgentRecord:
-        checked_id = validation.agent_id("agent_id", agent_id)
-        record = await self._store.get(checked_id)
+        record = await self._store.get(agent_id)
         if record is None:
-            raise _unknown_agent(checked_id)
+            raise _unknown_agent(agent_id)
         return record
 
     async def list_agents(
-        self, page_size: int, page_token: str, task_type: str, status: AgentStatus | None
+        self, tenant: str | None, page_size: int, page_token: str, task_type: str, status: AgentStatus | None
     ) -> AgentPage:
         limit = validation.page_size("page_size", page_size)
         position = decode_page_token("page_token", page_token, _PAGE_KEYS)
+        if position is not None and not isinstance(position["after_id"], str):
+            raise InvalidArgument("page_token", "is not a token from a previous page: pass next_page_token unchanged")
         if task_type:
             validation.name("task_type", task_type, required=True)
         # One extra row tells whether another page follows.
         records = await self._store.list_page(
-            position["after_id"] if position else None, limit + 1, task_type or None, status
+            tenant, position["after_id"] if position else None, limit + 1, task_type or None, status
         )
         if len(records) <= limit:
             return AgentPage(records, "")
@@ -89,9 +93,8 @@ class Registry:
         return AgentPage(page, encode_page_token({"after_id": page[-1].registration.id}))
 
     async def deregister(self, agent_id: str) -> None:
-        checked_id = validation.agent_id("agent_id", agent_id)
-        if not await self._store.delete(checked_id):
-            raise _unknown_agent(checked_id)
+        if not await self._store.delete(agent_id):
+            raise _unknown_agent(agent_id)
 
     async def record_outcome(self, outcome: Outcome) -> AgentRecord:
         """Records one outcome and returns the agent's updated record."""
@@ -109,15 +112,15 @@ class Registry:
         _update_metrics(degradation)
         return recorded
 
-    async def find_candidates(self, query: CandidateQuery) -> list[Candidate]:
-        """The capable agents, ranked and cut to the limit, with their windows."""
-        ranked = rank_candidates(query, await self._store.capable_agents(query))
+    async def find_candidates(self, tenant: str | None, query: CandidateQuery) -> list[Candidate]:
+        """The tenant's capable agents, ranked and cut to the limit, with their windows."""
+        ranked = rank_candidates(query, await self._store.capable_agents(tenant, query))
         with_windows = await self._store.with_windows([candidate.agent for candidate in ranked])
         return [replace(candidate, agent=agent) for candidate, agent in zip(ranked, with_windows, strict=True)]
 
-    async def watch(self) -> AsyncIterator[AgentChanges]:
-        """Every agent (in pages, the last marked complete), then every change, until the caller leaves
-        or the stream must end (it fell behind, or the registry stops: UNAVAILABLE)."""
+    async def watch(self, tenant: str | None) -> AsyncIterator[AgentChanges]:
+        """Every agent of the tenant (in pages, the last marked complete), then every change, until the
+        caller leaves or the stream must end (it fell behind, or the registry stops: UNAVAILABLE)."""
         try:
             async with asyncio.timeout(FEED_READY_SECONDS):
                 await self._feed.ready.wait()
@@ -125,9 +128,11 @@ class Registry:
             raise Unavailable("the registry has not read its agents from the database yet; retry shortly") from None
         with self._feed.subscribe() as subscription:
             for page in subscription.snapshot_pages():
-                yield page
+                yield page if tenant is None else page.of_tenant(tenant)
             async for changes in subscription.changes():
-                yield changes
+                seen = changes if tenant is None else changes.of_tenant(tenant)
+                if seen.upserted or seen.removed_ids:
+                    yield seen
 
 
 def _update_metrics(degradation: DegradationUpdate) -> None:

@@ -172,15 +172,16 @@ class AgentStore:
             return (await self.with_windows([_record(row)], connection))[0] if row else None
 
     async def list_page(
-        self, after_id: str | None, limit: int, task_type: str | None, status: AgentStatus | None
+        self, tenant: str | None, after_id: str | None, limit: int, task_type: str | None, status: AgentStatus | None
     ) -> list[AgentRecord]:
-        """list_agents: up to `limit` agents with ids after `after_id`, in id order (keyset paging), with
-        their windows."""
+        """list_agents: up to `limit` agents of the tenant (None: of every tenant) with ids after
+        `after_id`, in id order (keyset paging), with their windows."""
         async with self._pool.connection() as connection:
             cursor = await connection.execute(
                 f"""
                 SELECT {_AGENT_COLUMNS} FROM agents
-                WHERE (%(after_id)s::text IS NULL OR id > %(after_id)s)
+                WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+                  AND (%(after_id)s::text IS NULL OR id > %(after_id)s)
                   AND (%(task_type)s::text IS NULL OR task_types @> ARRAY[%(task_type)s::text])
                   AND (%(status)s::text IS NULL OR {_EFFECTIVE_STATUS} = %(status)s)
                 ORDER BY id
@@ -188,6 +189,7 @@ class AgentStore:
                 """,
                 {
                     **self._silence,
+                    "tenant": tenant,
                     "after_id": after_id,
                     "task_type": task_type,
                     "status": status.value if status else None,
@@ -203,15 +205,17 @@ class AgentStore:
             cursor = await connection.execute("DELETE FROM agents WHERE id = %s", (agent_id,))
             return cursor.rowcount > 0
 
-    async def capable_agents(self, query: CandidateQuery) -> list[AgentRecord]:
-        """find_capable_agents: every ONLINE or BUSY agent that offers the task type and every required
-        language, specialization and label, at or below the utilization limit; unordered, no windows."""
+    async def capable_agents(self, tenant: str | None, query: CandidateQuery) -> list[AgentRecord]:
+        """find_capable_agents: every ONLINE or BUSY agent of the tenant (None: of every tenant) that
+        offers the task type and every required language, specialization and label, at or below the
+        utilization limit; unordered, no windows."""
         required = query.requirements
         async with self._pool.connection() as connection:
             cursor = await connection.execute(
                 f"""
                 SELECT {_AGENT_COLUMNS} FROM agents
-                WHERE task_types @> ARRAY[%(task_type)s::text]
+                WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+                  AND task_types @> ARRAY[%(task_type)s::text]
                   AND languages @> %(languages)s::text[]
                   AND specializations @> %(specializations)s::text[]
                   AND labels @> %(labels)s
@@ -220,6 +224,7 @@ class AgentStore:
                 """,
                 {
                     **self._silence,
+                    "tenant": tenant,
                     "task_type": required.task_type,
                     "languages": sorted(required.languages),
                     "specializations": sorted(required.specializations),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from shared.api_keys import Role
 from shared.devstack import wait_until_serving
+from tests.support.stack import TEST_PEPPER
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,6 +60,8 @@ class ServiceProcesses:
             "ARBITER_SERVICE_KEY": self.keys[Role.SERVICE],
             "ARBITER_ASSIGNMENT_POLL_SECONDS": "0.5",
             "ARBITER_SHUTDOWN_GRACE_SECONDS": "1",
+            "ARBITER_ALLOW_INSECURE": "true",
+            "ARBITER_API_KEY_PEPPER": TEST_PEPPER,
         }
 
     def start(self) -> None:

@@ -12,18 +12,25 @@ from typing import Any
 import grpc
 
 from arbiter import Agent, Task
-from arbiter.v1 import orchestrator_service_pb2_grpc, registry_service_pb2_grpc
+from arbiter.v1 import admin_service_pb2_grpc, orchestrator_service_pb2_grpc, registry_service_pb2_grpc
 from services.orchestrator.app import OrchestratorApp, create_orchestrator
 from services.registry.app import RegistryApp, create_registry
-from shared.api_keys import Role, create_key
+from shared.api_keys import KeyHasher, KeySpec, Role, create_key
 from shared.config import Config
 from shared.database import open_pool
+from shared.tenancy import ALL_TENANTS, DEFAULT_TENANT
+
+# The pepper every test service and key uses (real deployments set their own secret).
+TEST_PEPPER = "test-pepper-not-a-secret-0123456789abcdef"
+TEST_HASHER = KeyHasher(TEST_PEPPER)
 
 
 def config_for_tests(database_url: str, **overrides: object) -> Config:
-    """Defaults for tests: free ports, a short safety poll; `overrides` win."""
+    """Defaults for tests: free ports, a short safety poll, plaintext allowed; `overrides` win."""
     settings: dict[str, object] = {
         "database_url": database_url,
+        "allow_insecure": True,
+        "api_key_pepper": TEST_PEPPER,
         "registry_addr": "127.0.0.1:0",
         "orchestrator_addr": "127.0.0.1:0",
         "assignment_poll_seconds": 0.5,
@@ -33,10 +40,20 @@ def config_for_tests(database_url: str, **overrides: object) -> Config:
     return dataclasses.replace(Config.from_env({}), **settings)  # type: ignore[arg-type]
 
 
-async def create_keys(database_url: str) -> dict[Role, str]:
+async def create_keys(database_url: str, tenant: str = DEFAULT_TENANT) -> dict[Role, str]:
+    """A key per role in the tenant."""
     pool = await open_pool(database_url, 1, 1, name="test-keys")
     try:
-        return {role: (await create_key(pool, role, "test")).secret for role in Role}
+        return {role: (await create_key(pool, TEST_HASHER, KeySpec(role, tenant, "test"))).secret for role in Role}
+    finally:
+        await pool.close()
+
+
+async def create_every_tenant_key(database_url: str, role: Role = Role.SERVICE) -> str:
+    """A key that acts in every tenant: what the orchestrator uses in production (ARBITER_SERVICE_KEY)."""
+    pool = await open_pool(database_url, 1, 1, name="test-keys")
+    try:
+        return (await create_key(pool, TEST_HASHER, KeySpec(role, ALL_TENANTS, "every tenant"))).secret
     finally:
         await pool.close()
 
@@ -74,6 +91,10 @@ class Stack:
     def orchestrator(self) -> orchestrator_service_pb2_grpc.OrchestratorServiceStub:
         return orchestrator_service_pb2_grpc.OrchestratorServiceStub(self._channel(self.orchestrator_address))
 
+    def admin(self) -> admin_service_pb2_grpc.AdminServiceStub:
+        """AdminService, served by the registry."""
+        return admin_service_pb2_grpc.AdminServiceStub(self._channel(self.registry_address))
+
 
 @asynccontextmanager
 async def running_stack(database_url: str, **overrides: object) -> AsyncIterator[Stack]:
@@ -82,7 +103,7 @@ async def running_stack(database_url: str, **overrides: object) -> AsyncIterator
     orchestrator_app = await create_orchestrator(
         config_for_tests(
             database_url,
-            service_key=keys[Role.SERVICE],
+            service_key=await create_every_tenant_key(database_url),
             registry_target=f"127.0.0.1:{registry_app.port}",
             **overrides,
         )
