@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from arbiter.v1 import orchestrator_service_pb2
+from services.orchestrator.convert import submission_from_pb
 from services.orchestrator.domain import (
     AttemptReport,
     TaskRecord,
@@ -193,3 +195,13 @@ def test_page_token_round_trips() -> None:
 def test_foreign_page_tokens_are_rejected(token: str) -> None:
     with pytest.raises(InvalidArgument):
         decode_page_token("page_token", token, frozenset({"after_id"}))
+
+
+def test_a_timeout_under_a_millisecond_is_the_shortest_timeout_not_none() -> None:
+    request = orchestrator_service_pb2.SubmitTaskRequest(task_type="echo")
+    request.timeout.FromNanoseconds(1)
+    request.schedule_to_start_timeout.FromNanoseconds(999_999)
+    submission = submission_from_pb(request, max_payload_bytes=1024)
+    assert (submission.timeout_ms, submission.schedule_to_start_timeout_ms) == (1, 1)
+    request.timeout.FromMilliseconds(0)
+    assert submission_from_pb(request, max_payload_bytes=1024).timeout_ms is None

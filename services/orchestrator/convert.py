@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from arbiter.v1 import orchestrator_service_pb2, task_pb2
 from services.orchestrator.domain import (
@@ -27,6 +25,7 @@ from services.orchestrator.domain import (
 from services.orchestrator.routing import ScoredAgent, Strategy
 from shared import tenancy
 from shared.errors import InvalidArgument
+from shared.timestamps import to_timestamp
 
 STRATEGY_TO_PB = {
     Strategy.CAPABILITY: task_pb2.ROUTING_STRATEGY_CAPABILITY,
@@ -71,14 +70,6 @@ def _struct(values: dict[str, Any] | None) -> Struct | None:
     return struct
 
 
-def _timestamp(moment: datetime | None) -> Timestamp | None:
-    if moment is None:
-        return None
-    timestamp = Timestamp()
-    timestamp.FromDatetime(moment)
-    return timestamp
-
-
 def _duration_ms(request: orchestrator_service_pb2.SubmitTaskRequest, field: str) -> int | None:
     if not request.HasField(field):
         return None
@@ -86,6 +77,9 @@ def _duration_ms(request: orchestrator_service_pb2.SubmitTaskRequest, field: str
     if duration.seconds < 0 or duration.nanos < 0:
         raise InvalidArgument(field, "must be positive and at most 7 days, or unset for none")
     milliseconds: int = duration.ToMilliseconds()
+    if milliseconds == 0 and (duration.seconds or duration.nanos):
+        # Under a millisecond, but set: the shortest timeout there is, not none at all.
+        return 1
     return milliseconds or None
 
 
@@ -127,7 +121,7 @@ def task_count_to_pb(count: TaskCount) -> orchestrator_service_pb2.TaskCount:
         task_type=count.task_type,
         state=_STATE_TO_PB[count.state],
         count=count.count,
-        oldest_created_at=_timestamp(count.oldest_created_at),
+        oldest_created_at=to_timestamp(count.oldest_created_at),
     )
 
 
@@ -141,7 +135,7 @@ def _duration(milliseconds: int | None) -> Duration | None:
 
 def task_event_to_pb(event: TaskEvent) -> orchestrator_service_pb2.TaskEvent:
     return orchestrator_service_pb2.TaskEvent(
-        time=_timestamp(event.at),
+        time=to_timestamp(event.at),
         from_state=_STATE_TO_PB[event.from_state] if event.from_state else task_pb2.TASK_STATE_UNSPECIFIED,
         to_state=_STATE_TO_PB[event.to_state],
         attempt=event.attempt,
@@ -164,7 +158,7 @@ def routing_decision_to_pb(recorded: RecordedDecision) -> task_pb2.RoutingDecisi
         reason=decision.reason,
         score=decision.score,
         alternatives=[scored_agent_to_pb(alternative) for alternative in decision.alternatives],
-        decided_at=_timestamp(recorded.decided_at),
+        decided_at=to_timestamp(recorded.decided_at),
         explored=decision.explored,
     )
 
@@ -187,13 +181,13 @@ def task_to_pb(task: TaskRecord) -> task_pb2.Task:
         max_attempts=task.max_attempts,
         assigned_agent_id=tenancy.plain(task.assigned_agent_id or ""),
         idempotency_key=task.idempotency_key or "",
-        created_at=_timestamp(task.created_at),
-        updated_at=_timestamp(task.updated_at),
+        created_at=to_timestamp(task.created_at),
+        updated_at=to_timestamp(task.updated_at),
         timeout=_duration(task.timeout_ms),
         progress=task.progress,
         progress_message=task.progress_message,
-        lease_expires_at=_timestamp(task.lease_expires_at),
-        not_before=_timestamp(task.not_before),
+        lease_expires_at=to_timestamp(task.lease_expires_at),
+        not_before=to_timestamp(task.not_before),
         schedule_to_start_timeout=_duration(task.schedule_to_start_timeout_ms),
         routing=routing_decision_to_pb(task.routing) if task.routing else None,
         pending_reason=task.pending_reason,
@@ -216,6 +210,6 @@ def stream_message_to_pb(
     task = message
     return orchestrator_service_pb2.StreamAssignmentsResponse(
         assignment=orchestrator_service_pb2.Assignment(
-            task=task_to_pb(task), attempt=task.attempt, lease_expires_at=_timestamp(task.lease_expires_at)
+            task=task_to_pb(task), attempt=task.attempt, lease_expires_at=to_timestamp(task.lease_expires_at)
         )
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from arbiter.v1 import admin_service_pb2 as pb
 from arbiter.v1 import admin_service_pb2_grpc as pb_grpc
@@ -34,6 +33,7 @@ from shared.permissions import (
     REGISTRY_ROLES,
     REGISTRY_SERVICE,
 )
+from shared.timestamps import to_timestamp
 
 # The documented limits live in shared/validation.py (README, "Limits").
 MAX_DESCRIPTION_LENGTH = validation.MAX_KEY_DESCRIPTION_LENGTH
@@ -51,14 +51,6 @@ ROLE_TO_PB = {
 ROLE_FROM_PB = {value: key for key, value in ROLE_TO_PB.items()}
 
 
-def _timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    timestamp = Timestamp()
-    timestamp.FromDatetime(value)
-    return timestamp
-
-
 def key_to_pb(key: StoredKey) -> pb.ApiKey:
     return pb.ApiKey(
         id=key.id,
@@ -66,11 +58,11 @@ def key_to_pb(key: StoredKey) -> pb.ApiKey:
         role=ROLE_TO_PB[key.role],
         tenant=key.tenant,
         description=key.description,
-        created_at=_timestamp(key.created_at),
-        expires_at=_timestamp(key.expires_at),
-        last_used_at=_timestamp(key.last_used_at),
-        revoked_at=_timestamp(key.revoked_at),
-        rotated_at=_timestamp(key.rotated_at),
+        created_at=to_timestamp(key.created_at),
+        expires_at=to_timestamp(key.expires_at),
+        last_used_at=to_timestamp(key.last_used_at),
+        revoked_at=to_timestamp(key.revoked_at),
+        rotated_at=to_timestamp(key.rotated_at),
         agent_ids=list(key.agent_ids),
         sees_tenant_tasks=key.sees_tenant_tasks,
     )
@@ -78,7 +70,7 @@ def key_to_pb(key: StoredKey) -> pb.ApiKey:
 
 def audit_event_to_pb(event: StoredAuditEvent) -> pb.AuditEvent:
     return pb.AuditEvent(
-        at=_timestamp(event.at),
+        at=to_timestamp(event.at),
         tenant=event.tenant,
         key_id=event.key_id or "",
         role=event.role or "",

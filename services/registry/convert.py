@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from arbiter.v1 import agent_pb2
 from arbiter.v1 import registry_service_pb2 as registry_pb2
@@ -27,6 +25,7 @@ from services.registry.domain import (
 )
 from shared import tenancy
 from shared.errors import InvalidArgument
+from shared.timestamps import to_timestamp
 
 _STATUS_TO_PB = {
     AgentStatus.ONLINE: agent_pb2.AGENT_STATUS_ONLINE,
@@ -89,12 +88,6 @@ def candidate_query_from_pb(request: registry_pb2.FindCandidatesRequest) -> Cand
     )
 
 
-def _timestamp(value: datetime) -> Timestamp:
-    timestamp = Timestamp()
-    timestamp.FromDatetime(value)
-    return timestamp
-
-
 def _task_type_performance(task_type: str, totals: OutcomeTotals) -> agent_pb2.TaskTypePerformance:
     return agent_pb2.TaskTypePerformance(
         task_type=task_type,
@@ -152,8 +145,8 @@ def agent_to_pb(record: AgentRecord) -> agent_pb2.Agent:
         status=_STATUS_TO_PB[record.status],
         performance=performance_to_pb(record),
         load=agent_pb2.AgentLoad(active_tasks=record.active_tasks, utilization=record.utilization),
-        registered_at=_timestamp(record.registered_at),
-        last_heartbeat_at=_timestamp(record.last_heartbeat_at),
+        registered_at=to_timestamp(record.registered_at),
+        last_heartbeat_at=to_timestamp(record.last_heartbeat_at),
     )
 
 
