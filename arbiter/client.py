@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -26,7 +26,10 @@ from arbiter.errors import ArbiterError, WaitTimeout
 from arbiter.models import (
     AgentInfo,
     AgentStatus,
+    ApiKeyInfo,
+    AuditEventInfo,
     Candidate,
+    CreatedApiKey,
     RoutingExplanation,
     TaskCount,
     TaskEvent,
@@ -34,6 +37,8 @@ from arbiter.models import (
     TaskSpec,
     TaskState,
 )
+from arbiter.v1 import admin_service_pb2 as apb
+from arbiter.v1 import admin_service_pb2_grpc as apb_grpc
 from arbiter.v1 import agent_pb2, task_pb2
 from arbiter.v1 import orchestrator_service_pb2 as opb
 from arbiter.v1 import orchestrator_service_pb2_grpc as opb_grpc
@@ -300,6 +305,99 @@ class Client:
             request.max_utilization = max_utilization
         response = await self._call(address, registry.FindCandidates, request)
         return [Candidate.from_pb(candidate) for candidate in response.candidates]
+
+    # API keys and the audit log (AdminService, on the registry; admin keys only, within their tenant).
+
+    def _admin_stub(self) -> tuple[str, apb_grpc.AdminServiceStub]:
+        address, _ = self._registry_stub()
+        assert self._registry_channel is not None
+        return address, apb_grpc.AdminServiceStub(self._registry_channel)
+
+    async def create_api_key(
+        self,
+        role: str,
+        *,
+        description: str = "",
+        expires_at: datetime | None = None,
+        agent_ids: Iterable[str] = (),
+        sees_tenant_tasks: bool = False,
+        tenant: str = "",
+    ) -> CreatedApiKey:
+        """A new key for `role` ("admin", "operator", "service", "submitter", "agent" or "viewer"). Agent
+        keys may be bound to agent ids or prefixes ending in '*'; `tenant` only with an every-tenant key.
+        The secret is in the result only."""
+        address, admin = self._admin_stub()
+        request = apb.CreateApiKeyRequest(
+            role=_role_to_pb(role),
+            tenant=tenant,
+            description=description,
+            agent_ids=list(agent_ids),
+            sees_tenant_tasks=sees_tenant_tasks,
+        )
+        if expires_at is not None:
+            request.expires_at.FromDatetime(expires_at)
+        response = await self._call(address, admin.CreateApiKey, request)
+        return CreatedApiKey(ApiKeyInfo.from_pb(response.key), response.secret)
+
+    async def list_api_keys(self, *, include_revoked: bool = False) -> list[ApiKeyInfo]:
+        """The tenant's keys, oldest first: prefixes, never secrets."""
+        address, admin = self._admin_stub()
+        response = await self._call(address, admin.ListApiKeys, apb.ListApiKeysRequest(include_revoked=include_revoked))
+        return [ApiKeyInfo.from_pb(key) for key in response.keys]
+
+    async def rotate_api_key(self, key_id: str, *, grace: timedelta | float = 0) -> CreatedApiKey:
+        """A new secret for the key (its id or prefix); the old one works `grace` longer (up to 7 days)."""
+        address, admin = self._admin_stub()
+        request = apb.RotateApiKeyRequest(key_id=key_id)
+        request.grace_period.FromTimedelta(grace if isinstance(grace, timedelta) else timedelta(seconds=grace))
+        response = await self._call(address, admin.RotateApiKey, request)
+        return CreatedApiKey(ApiKeyInfo.from_pb(response.key), response.secret)
+
+    async def revoke_api_key(self, key_id: str) -> tuple[ApiKeyInfo, bool]:
+        """Revokes the key (its id or prefix); True when it was revoked now, False when it was already."""
+        address, admin = self._admin_stub()
+        response = await self._call(address, admin.RevokeApiKey, apb.RevokeApiKeyRequest(key_id=key_id))
+        return ApiKeyInfo.from_pb(response.key), response.revoked_now
+
+    async def audit_events(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        rpc: str = "",
+        key_id: str = "",
+        status: str = "",
+        resource_id: str = "",
+        limit: int = 100,
+    ) -> list[AuditEventInfo]:
+        """Audited calls, newest first: every change and every refused call. `rpc` is a method name such
+        as "SubmitTask"; `status` a code name such as "PERMISSION_DENIED"."""
+        address, admin = self._admin_stub()
+
+        async def page(size: int, token: str) -> tuple[list[AuditEventInfo], str]:
+            request = apb.ListAuditEventsRequest(
+                rpc=rpc, key_id=key_id, status=status, resource_id=resource_id, page_size=size, page_token=token
+            )
+            if since is not None:
+                request.since.FromDatetime(since)
+            if until is not None:
+                request.until.FromDatetime(until)
+            response = await self._call(address, admin.ListAuditEvents, request)
+            return [AuditEventInfo.from_pb(event) for event in response.events], response.next_page_token
+
+        return await _collect_pages(page, limit)
+
+
+def _role_to_pb(role: str) -> str:
+    """The Role enum's name for a role such as "viewer" (protobuf takes enum names too)."""
+    name = f"ROLE_{role.upper()}"
+    try:
+        apb.Role.Value(name)
+        return name
+    except ValueError:
+        raise ValueError(
+            f"unknown role {role!r}: choose admin, operator, service, submitter, agent or viewer"
+        ) from None
 
 
 Item = TypeVar("Item")

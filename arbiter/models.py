@@ -10,7 +10,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from arbiter.v1 import agent_pb2, orchestrator_service_pb2, registry_service_pb2, task_pb2
+from arbiter.v1 import admin_service_pb2, agent_pb2, orchestrator_service_pb2, registry_service_pb2, task_pb2
 
 
 class TaskState(Enum):
@@ -416,4 +416,78 @@ class TaskEvent:
             attempt=event.attempt,
             agent_id=event.agent_id,
             reason=event.reason,
+        )
+
+
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    """An API key as AdminService lists it: never its secret."""
+
+    id: str
+    prefix: str
+    role: str
+    tenant: str
+    description: str
+    created_at: datetime | None
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    rotated_at: datetime | None
+    agent_ids: list[str]
+    sees_tenant_tasks: bool
+
+    @classmethod
+    def from_pb(cls, key: admin_service_pb2.ApiKey) -> ApiKeyInfo:
+        return cls(
+            id=key.id,
+            prefix=key.prefix,
+            role=admin_service_pb2.Role.Name(key.role).removeprefix("ROLE_").lower(),
+            tenant=key.tenant,
+            description=key.description,
+            created_at=optional_time(key.created_at, key.HasField("created_at")),
+            expires_at=optional_time(key.expires_at, key.HasField("expires_at")),
+            last_used_at=optional_time(key.last_used_at, key.HasField("last_used_at")),
+            revoked_at=optional_time(key.revoked_at, key.HasField("revoked_at")),
+            rotated_at=optional_time(key.rotated_at, key.HasField("rotated_at")),
+            agent_ids=list(key.agent_ids),
+            sees_tenant_tasks=key.sees_tenant_tasks,
+        )
+
+
+@dataclass(frozen=True)
+class CreatedApiKey:
+    """A key just created or rotated, with its secret: shown this once, never readable again."""
+
+    key: ApiKeyInfo
+    secret: str
+
+
+@dataclass(frozen=True)
+class AuditEventInfo:
+    """One audited call: who, what, on which resource, how it ended, from where."""
+
+    at: datetime | None
+    tenant: str
+    key_id: str
+    role: str
+    rpc: str
+    resource_id: str
+    status: str
+    message: str
+    peer: str
+    trace_id: str
+
+    @classmethod
+    def from_pb(cls, event: admin_service_pb2.AuditEvent) -> AuditEventInfo:
+        return cls(
+            at=optional_time(event.at, event.HasField("at")),
+            tenant=event.tenant,
+            key_id=event.key_id,
+            role=event.role,
+            rpc=event.rpc,
+            resource_id=event.resource_id,
+            status=event.status,
+            message=event.message,
+            peer=event.peer,
+            trace_id=event.trace_id,
         )

@@ -27,6 +27,7 @@ from tests.support.processes import REPO_ROOT, free_port
 from tests.support.sdk_agent import wait_for
 from tests.support.stack import TEST_HASHER, TEST_PEPPER, Stack, create_keys, running_stack
 from tests.support.stack import serving_agent as stack_serving_agent
+from tests.support.waiting import eventually
 
 COMMAND = [sys.executable, "-m", "arbiter.cli"]
 UNREACHABLE = "127.0.0.1:1"
@@ -108,7 +109,7 @@ def submitter(stack: Stack) -> Client:
 
 async def test_help_lists_every_command_and_tasks_help_documents_exit_codes() -> None:
     top, tasks = await asyncio.gather(arbiter(environment(), "--help"), arbiter(environment(), "tasks", "--help"))
-    for command in ("run", "migrate", "keys", "agents", "tasks", "stats", "demo"):
+    for command in ("run", "migrate", "keys", "admin", "agents", "tasks", "stats", "demo"):
         assert f"    {command} " in succeeded(top)
     assert "--orchestrator HOST:PORT" in top.stdout
     assert "0    the task is COMPLETED" in succeeded(tasks)
@@ -670,3 +671,52 @@ def test_arbiter_run_serves_until_interrupted_then_exits_0(database_url: str, tm
             process.kill()
             process.wait()
     assert (tmp_path / "state" / "dev-keys.env").exists()
+
+
+# Keys and the audit log through AdminService, with an admin key.
+
+
+async def test_admin_creates_lists_rotates_and_revokes_keys_without_database_access(database_url: str) -> None:
+    async with running_stack(database_url, auth_cache_seconds=0.2) as stack:
+        # No ARBITER_DATABASE_URL: these go through the services only.
+        as_admin = {**stack_environment(stack, database_url), "ARBITER_DATABASE_URL": ""}
+        created = await arbiter(
+            as_admin, "admin", "create-key", "--role", "agent", "--agent-id", "build-pool-*", "--description", "pool"
+        )
+        secret = succeeded(created).strip()
+        assert secret.startswith("arb_") and "shown only this once" in created.stderr
+        listed = json.loads(succeeded(await arbiter(as_admin, "admin", "keys", "--json")))
+        pool_key = next(key for key in listed if key["description"] == "pool")
+        assert (pool_key["role"], pool_key["agent_ids"], pool_key["prefix"]) == ("agent", ["build-pool-*"], secret[:12])
+        table = succeeded(await arbiter(as_admin, "admin", "keys"))
+        assert table_row(table, pool_key["id"])[1:3] == [secret[:12], "agent"]
+        assert secret not in table
+
+        rotated = succeeded(await arbiter(as_admin, "admin", "rotate-key", secret[:12])).strip()
+        assert rotated.startswith("arb_") and rotated != secret
+        revoked = succeeded(await arbiter(as_admin, "admin", "revoke-key", pool_key["id"]))
+        assert f"revoked key {rotated[:12]}" in revoked
+        audit = json.loads(succeeded(await arbiter(as_admin, "admin", "audit", "--rpc", "RevokeApiKey", "--json")))
+        assert [(event["status"], event["resource_id"]) for event in audit] == [("OK", pool_key["id"])]
+
+
+async def test_admin_commands_refuse_a_key_that_is_not_an_admins(database_url: str) -> None:
+    async with running_stack(database_url) as stack:
+        as_viewer = stack_environment(stack, database_url, key=stack.keys[Role.VIEWER])
+        refused = await arbiter(as_viewer, "admin", "keys")
+    assert_one_line_error(refused, 1, "arbiter: PERMISSION_DENIED: role 'viewer' may not call ListApiKeys")
+
+
+async def test_admin_audit_shows_refused_calls_newest_first(database_url: str) -> None:
+    async with running_stack(database_url) as stack:
+        as_viewer = stack_environment(stack, database_url, key=stack.keys[Role.VIEWER])
+        assert (await arbiter(as_viewer, "tasks", "submit", "echo")).returncode == 1
+        as_admin = stack_environment(stack, database_url)
+
+        async def refusals() -> list[str]:
+            shown = await arbiter(as_admin, "admin", "audit", "--status", "permission_denied")
+            rows = succeeded(shown).splitlines()
+            return [row for row in rows if "SubmitTask" in row]
+
+        [row] = await eventually(refusals, "the refused submission in the audit log")
+        assert "PERMISSION_DENIED" in row and "viewer" in row

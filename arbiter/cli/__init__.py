@@ -19,7 +19,7 @@ from importlib.metadata import version
 
 import psycopg
 
-from arbiter.cli import agents, database, demo, keys, run, stats, tasks
+from arbiter.cli import admin, agents, database, demo, keys, run, stats, tasks
 from arbiter.cli.options import UsageError
 from arbiter.cli.output import one_line
 from arbiter.errors import ArbiterError, WaitTimeout
@@ -43,7 +43,8 @@ commands that call the services take these options after the command name:
                             mutual TLS, default ARBITER_TLS_CLIENT_CERT/ARBITER_TLS_CLIENT_KEY)
   --timeout SECONDS         deadline of each call, default 10 (--call-timeout in tasks submit and watch)
   --json                    machine-readable JSON on stdout
-keys and migrate work on the database directly: ARBITER_DATABASE_URL, else the embedded PostgreSQL.
+keys and migrate work on the database directly: ARBITER_DATABASE_URL, else the embedded PostgreSQL;
+admin does the same key work (and reads the audit log) through the services, with an admin key.
 
 exit codes: 0 done; 1 refused, failed or unreachable (one line on stderr: "arbiter: CODE: message");
 2 bad usage or configuration; 124 waiting for a task timed out; 130 interrupted (Ctrl-C)."""
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('arbiter')}")
     commands = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
-    for module in (run, database, keys, agents, tasks, stats, demo):
+    for module in (run, database, keys, admin, agents, tasks, stats, demo):
         module.add_commands(commands)
     return parser
 
