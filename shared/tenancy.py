@@ -52,11 +52,3 @@ class TaskScope:
 
     tenant: str | None
     submitted_by: str | None = None
-
-    def includes(self, task_tenant: str, task_submitted_by: str | None) -> bool:
-        return (self.tenant is None or self.tenant == task_tenant) and (
-            self.submitted_by is None or self.submitted_by == task_submitted_by
-        )
-
-
-EVERY_TASK = TaskScope(tenant=None)

@@ -65,6 +65,12 @@ def agent_id(field: str, value: str) -> str:
     return value
 
 
+def agent_pattern(field: str, value: str) -> str:
+    """An agent id, or a prefix of one followed by '*' (what an agent key may be bound to)."""
+    agent_id(field, value[:-1] if value.endswith("*") else value)
+    return value
+
+
 def task_id(field: str, value: str) -> str:
     if not value:
         raise InvalidArgument(field, "is required")

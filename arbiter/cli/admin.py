@@ -9,18 +9,18 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime, timedelta
 
-from arbiter.cli.options import Connection, Subcommands, calls_services, positive_int, service_options
+from arbiter.cli.options import (
+    Connection,
+    Subcommands,
+    calls_services,
+    positive_int,
+    positive_number,
+    service_options,
+)
 from arbiter.cli.output import format_list, format_time, note, print_json, print_table
 from arbiter.models import ApiKeyInfo
 
 ROLES = ["admin", "operator", "service", "submitter", "agent", "viewer"]
-
-
-def _positive_number(text: str) -> float:
-    number = float(text)
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"expected a number above 0; got {text}")
-    return number
 
 
 def _non_negative_seconds(text: str) -> float:
@@ -44,7 +44,7 @@ def add_commands(commands: Subcommands) -> None:
     create.add_argument("--role", required=True, choices=ROLES)
     create.add_argument("--description", default="", help="who or what the key is for")
     create.add_argument(
-        "--expires-in-hours", type=_positive_number, metavar="H", help="the key stops working after H hours"
+        "--expires-in-hours", type=positive_number, metavar="H", help="the key stops working after H hours"
     )
     create.add_argument(
         "--agent-id",
@@ -90,7 +90,7 @@ def add_commands(commands: Subcommands) -> None:
     audit.add_argument("--status", default="", type=str.upper, help="a status code name, e.g. PERMISSION_DENIED")
     audit.add_argument("--key-id", default="", help="calls made with this key (its id)")
     audit.add_argument("--resource", default="", help="calls about this task, agent or key id")
-    audit.add_argument("--since-minutes", type=_positive_number, metavar="M", help="only the last M minutes")
+    audit.add_argument("--since-minutes", type=positive_number, metavar="M", help="only the last M minutes")
     audit.add_argument("--limit", type=positive_int, default=50, metavar="N", help="at most N events (default: 50)")
     audit.set_defaults(run=calls_services(list_audit_events))
 

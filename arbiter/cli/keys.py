@@ -10,7 +10,7 @@ import argparse
 from datetime import UTC, datetime, timedelta
 
 from arbiter.cli.database import on_database
-from arbiter.cli.options import Subcommands, output_options
+from arbiter.cli.options import Subcommands, output_options, positive_number
 from arbiter.cli.output import format_time, note, print_json, print_table
 from shared import tenancy, validation
 from shared.api_keys import KeySpec, Role, create_key, list_keys, revoke_key, rotate_key
@@ -29,17 +29,9 @@ def _tenant(value: str) -> str:
 
 def _agent_pattern(value: str) -> str:
     try:
-        validation.agent_id("--agent-id", value[:-1] if value.endswith("*") else value)
+        return validation.agent_pattern("--agent-id", value)
     except InvalidArgument as error:
         raise argparse.ArgumentTypeError(error.description) from None
-    return value
-
-
-def _positive_hours(value: str) -> float:
-    hours = float(value)
-    if not hours > 0:
-        raise argparse.ArgumentTypeError("expected a number of hours above 0")
-    return hours
 
 
 def add_commands(commands: Subcommands) -> None:
@@ -63,7 +55,7 @@ def add_commands(commands: Subcommands) -> None:
         "orchestrators' service key (ARBITER_SERVICE_KEY) or a platform admin",
     )
     create.add_argument("--description", default="", help="who or what the key is for")
-    create.add_argument("--expires-in-hours", type=_positive_hours, help="the key stops working after this long")
+    create.add_argument("--expires-in-hours", type=positive_number, help="the key stops working after this long")
     create.add_argument(
         "--agent-id",
         dest="agent_ids",

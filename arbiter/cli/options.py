@@ -70,6 +70,16 @@ def positive_seconds(text: str) -> float:
     return number
 
 
+def positive_number(text: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0; got {text}")
+    return number
+
+
 def fraction(text: str) -> float:
     try:
         number = float(text)

@@ -83,12 +83,6 @@ def audit_event_to_pb(event: StoredAuditEvent) -> pb.AuditEvent:
     )
 
 
-def _agent_pattern(field: str, pattern: str) -> str:
-    """An agent id, or a prefix of one followed by '*'."""
-    validation.agent_id(field, pattern[:-1] if pattern.endswith("*") else pattern)
-    return pattern
-
-
 def key_spec_from_pb(caller: Caller, request: pb.CreateApiKeyRequest) -> KeySpec:
     if request.role not in ROLE_FROM_PB:
         raise InvalidArgument("role", "choose one of ADMIN, OPERATOR, SERVICE, SUBMITTER, AGENT, VIEWER")
@@ -113,7 +107,7 @@ def key_spec_from_pb(caller: Caller, request: pb.CreateApiKeyRequest) -> KeySpec
         description=request.description,
         expires_at=expires_at,
         agent_ids=tuple(
-            _agent_pattern(f"agent_ids[{index}]", pattern) for index, pattern in enumerate(request.agent_ids)
+            validation.agent_pattern(f"agent_ids[{index}]", pattern) for index, pattern in enumerate(request.agent_ids)
         ),
         sees_tenant_tasks=request.sees_tenant_tasks,
     )
