@@ -38,6 +38,7 @@ from google.protobuf.struct_pb2 import Struct
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from arbiter import settings
+from arbiter._completions import CompletionSender
 from arbiter._grpc import PemPath, is_transient, key_metadata, open_channel
 from arbiter.errors import ArbiterError, PermanentError
 from arbiter.models import optional_time, struct_to_dict
@@ -243,6 +244,7 @@ class Agent:
         orchestrator_channel = open_channel(self.orchestrator_address, self._credentials)
         self._registry = rpb_grpc.RegistryServiceStub(registry_channel)
         self._orchestrator = opb_grpc.OrchestratorServiceStub(orchestrator_channel)
+        self._completions = CompletionSender(self._orchestrator, self._report)
         self._slots = asyncio.Semaphore(self.max_concurrent_tasks)
         heartbeats: asyncio.Task[None] | None = None
         receiving: asyncio.Task[None] | None = None
@@ -484,17 +486,19 @@ class Agent:
         await self._complete(attempt, struct, quality)
 
     async def _complete(self, attempt: _Attempt, result: Struct, quality: float | None) -> None:
-        request = opb.CompleteTaskRequest(
-            task_id=attempt.task_id, agent_id=self.id, attempt=attempt.attempt, result=result, quality=quality
+        refusal = await self._completions.complete(
+            opb.CompleteTaskRequest(
+                task_id=attempt.task_id, agent_id=self.id, attempt=attempt.attempt, result=result, quality=quality
+            )
         )
-        try:
-            await self._report(self._orchestrator.CompleteTask, request)
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                # E.g. a result over the size limit: retrying cannot help, so the task fails and says why.
-                await self._fail(attempt, f"the result was refused: {error.details()}", retryable=False)
-            else:
-                self._log_refused_report(attempt, "result", error)
+        if refusal is None:
+            return
+        code, details = refusal
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            # E.g. a result over the size limit: retrying cannot help, so the task fails and says why.
+            await self._fail(attempt, f"the result was refused: {details}", retryable=False)
+        else:
+            self._log_refused_report(attempt, "result", code, details)
 
     async def _fail(self, attempt: _Attempt, message: str, *, retryable: bool) -> None:
         request = opb.FailTaskRequest(
@@ -507,7 +511,7 @@ class Agent:
         try:
             await self._report(self._orchestrator.FailTask, request)
         except grpc.aio.AioRpcError as error:
-            self._log_refused_report(attempt, "failure", error)
+            self._log_refused_report(attempt, "failure", error.code(), error.details() or "")
 
     async def _report(self, method: Callable[..., Awaitable[Any]], request: Any) -> Any:
         """Sends a result or failure, retrying while the orchestrator is unreachable."""
@@ -521,14 +525,9 @@ class Agent:
                 return await method(request, metadata=self._metadata, timeout=CALL_TIMEOUT_SECONDS)
 
     @staticmethod
-    def _log_refused_report(attempt: _Attempt, what: str, error: grpc.aio.AioRpcError) -> None:
+    def _log_refused_report(attempt: _Attempt, what: str, code: grpc.StatusCode, details: str) -> None:
         logger.warning(
-            "task %s attempt %d: %s not accepted (%s: %s)",
-            attempt.task_id,
-            attempt.attempt,
-            what,
-            error.code().name,
-            error.details(),
+            "task %s attempt %d: %s not accepted (%s: %s)", attempt.task_id, attempt.attempt, what, code.name, details
         )
 
     async def _send_progress(self, attempt: _Attempt) -> None:

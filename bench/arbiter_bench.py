@@ -50,10 +50,11 @@ from bench import side_channel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVER_URL = "postgresql://postgres@127.0.0.1:5432/test"
-DATABASE = "bench_arbiter"
+# Overridable, so that two runs (say a profile beside a test of the harness) need not share them.
+DATABASE = os.environ.get("ARBITER_BENCH_DATABASE", "bench_arbiter")
 DATABASE_URL = f"postgresql://postgres@127.0.0.1:5432/{DATABASE}"
-REGISTRY_ADDRESS = "127.0.0.1:50161"
-ORCHESTRATOR_ADDRESS = "127.0.0.1:50162"
+REGISTRY_ADDRESS = os.environ.get("ARBITER_BENCH_REGISTRY_ADDR", "127.0.0.1:50161")
+ORCHESTRATOR_ADDRESS = os.environ.get("ARBITER_BENCH_ORCHESTRATOR_ADDR", "127.0.0.1:50162")
 TASK_TYPE = "bench-noop"
 
 AGENT_PROCESSES = 2

@@ -31,14 +31,21 @@ RECONNECT_SECONDS = 5.0
 OPEN_TIMEOUT_SECONDS = 30.0
 
 
-async def open_pool(url: str, min_size: int, max_size: int, name: str) -> Pool:
-    """Opens a pool whose connections return rows as dicts; waits (up to 30 s) until one connection works."""
+async def open_pool(url: str, min_size: int, max_size: int, name: str, application_name: str = "") -> Pool:
+    """Opens a pool whose connections return rows as dicts; waits (up to 30 s) until one connection works.
+    The connections carry `application_name` (default: the pool's name), as pg_stat_activity and the
+    task triggers' notifications show it."""
     pool: Pool = AsyncConnectionPool(
         url,
         connection_class=psycopg.AsyncConnection[DictRow],
         min_size=min_size,
         max_size=max_size,
-        kwargs={"row_factory": dict_row, "autocommit": True},
+        kwargs={
+            "row_factory": dict_row,
+            "autocommit": True,
+            # PostgreSQL keeps 63 bytes of it.
+            "application_name": (application_name or name)[:63],
+        },
         name=name,
         timeout=CONNECTION_WAIT_SECONDS,
         reconnect_timeout=RECONNECT_SECONDS,

@@ -47,6 +47,7 @@ ORCHESTRATOR_ROLES: dict[str, frozenset[Role]] = {
     "StreamAssignments": frozenset({ADMIN, AGENT}),
     "ReportProgress": frozenset({ADMIN, AGENT}),
     "CompleteTask": frozenset({ADMIN, AGENT}),
+    "CompleteTasks": frozenset({ADMIN, AGENT}),
     "FailTask": frozenset({ADMIN, AGENT}),
     "ExplainRouting": EVERYONE,
 }
@@ -73,6 +74,7 @@ MUTATING_RPCS = frozenset(
         "StreamAssignments",
         "ReportProgress",
         "CompleteTask",
+        "CompleteTasks",
         "FailTask",
         "CreateApiKey",
         "RotateApiKey",

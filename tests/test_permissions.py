@@ -94,6 +94,13 @@ PROBES: dict[str, Probe] = {
     "CompleteTask": Probe(
         lambda: opb.CompleteTaskRequest(task_id=UNKNOWN_TASK_ID, agent_id=UNKNOWN_AGENT_ID, attempt=1), NOT_FOUND
     ),
+    # Refusals of single completions are in the answer (here NOT_FOUND); the call itself succeeds.
+    "CompleteTasks": Probe(
+        lambda: opb.CompleteTasksRequest(
+            completions=[opb.CompleteTaskRequest(task_id=UNKNOWN_TASK_ID, agent_id=UNKNOWN_AGENT_ID, attempt=1)]
+        ),
+        OK,
+    ),
     "FailTask": Probe(
         lambda: opb.FailTaskRequest(task_id=UNKNOWN_TASK_ID, agent_id=UNKNOWN_AGENT_ID, attempt=1, error="boom"),
         NOT_FOUND,

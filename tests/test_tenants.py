@@ -143,6 +143,16 @@ async def watches_no_acme_agent(stack: Stack, globex: Tenant, victim: Victim) ->
     assert first.snapshot_complete and list(first.agents) == []
 
 
+async def completes_no_acme_task(stack: Stack, globex: Tenant, victim: Victim) -> None:
+    completed = await stack.orchestrator().CompleteTasks(
+        opb.CompleteTasksRequest(
+            completions=[opb.CompleteTaskRequest(task_id=victim.task_id, agent_id=victim.agent_id, attempt=1)]
+        ),
+        **admin(globex),
+    )
+    assert [result.code for result in completed.results] == [grpc.StatusCode.NOT_FOUND.value[0]]
+
+
 async def records_no_outcome_for_acme(stack: Stack, globex: Tenant, victim: Victim) -> None:
     recorded = await stack.registry().RecordOutcomes(
         rpb.RecordOutcomesRequest(outcomes=[rpb.RecordOutcomeRequest(agent_id="worker-1", task_type="acme-only")]),
@@ -227,6 +237,7 @@ CROSS_TENANT_PROBES: dict[str, Probe] = {
             opb.CompleteTaskRequest(task_id=v.task_id, agent_id=v.agent_id, attempt=1), **admin(g)
         ),
     ),
+    "CompleteTasks": completes_no_acme_task,
     "FailTask": expect_code(
         NOT_FOUND,
         lambda s, g, v: s.orchestrator().FailTask(
@@ -430,6 +441,17 @@ async def test_a_bound_agent_key_cannot_act_as_any_other_agent(stack: Stack, dat
         ),
     }
     codes = {rpc: await code_of(call) for rpc, call in calls.items()}
+    batch = await stack.orchestrator().CompleteTasks(
+        opb.CompleteTasksRequest(
+            completions=[opb.CompleteTaskRequest(task_id=task_id, agent_id="build-poo", attempt=1)]
+        ),
+        metadata=as_bound,
+    )
+    codes["CompleteTasks"] = (
+        grpc.StatusCode.PERMISSION_DENIED
+        if [result.code for result in batch.results] == [grpc.StatusCode.PERMISSION_DENIED.value[0]]
+        else grpc.StatusCode.OK
+    )
     codes["StreamAssignments"] = await first_of_stream(
         stack.orchestrator().StreamAssignments(opb.StreamAssignmentsRequest(agent_id="build-poo"), metadata=as_bound)
     )

@@ -90,6 +90,11 @@ class OrchestratorServiceStub:
                 request_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.CompleteTaskRequest.SerializeToString,
                 response_deserializer=arbiter_dot_v1_dot_orchestrator__service__pb2.CompleteTaskResponse.FromString,
                 _registered_method=True)
+        self.CompleteTasks = channel.unary_unary(
+                '/arbiter.v1.OrchestratorService/CompleteTasks',
+                request_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.CompleteTasksRequest.SerializeToString,
+                response_deserializer=arbiter_dot_v1_dot_orchestrator__service__pb2.CompleteTasksResponse.FromString,
+                _registered_method=True)
         self.FailTask = channel.unary_unary(
                 '/arbiter.v1.OrchestratorService/FailTask',
                 request_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.FailTaskRequest.SerializeToString,
@@ -185,6 +190,15 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompleteTasks(self, request, context):
+        """Completes up to 1000 attempts in one call and one transaction. Each is checked on its own: a stale
+        or bad one is refused in its result without holding up the others. Agents under load batch their
+        results with it (one call, one commit and one audit row for many tasks).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def FailTask(self, request, context):
         """Fails an attempt; retried if retryable and attempts are left.
         """
@@ -257,6 +271,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.CompleteTask,
                     request_deserializer=arbiter_dot_v1_dot_orchestrator__service__pb2.CompleteTaskRequest.FromString,
                     response_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.CompleteTaskResponse.SerializeToString,
+            ),
+            'CompleteTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteTasks,
+                    request_deserializer=arbiter_dot_v1_dot_orchestrator__service__pb2.CompleteTasksRequest.FromString,
+                    response_serializer=arbiter_dot_v1_dot_orchestrator__service__pb2.CompleteTasksResponse.SerializeToString,
             ),
             'FailTask': grpc.unary_unary_rpc_method_handler(
                     servicer.FailTask,
@@ -567,6 +586,33 @@ class OrchestratorService:
             '/arbiter.v1.OrchestratorService/CompleteTask',
             arbiter_dot_v1_dot_orchestrator__service__pb2.CompleteTaskRequest.SerializeToString,
             arbiter_dot_v1_dot_orchestrator__service__pb2.CompleteTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/arbiter.v1.OrchestratorService/CompleteTasks',
+            arbiter_dot_v1_dot_orchestrator__service__pb2.CompleteTasksRequest.SerializeToString,
+            arbiter_dot_v1_dot_orchestrator__service__pb2.CompleteTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

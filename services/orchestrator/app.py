@@ -66,8 +66,15 @@ async def create_orchestrator(config: Config) -> OrchestratorApp:
     service_key = config.require_service_key()
     credentials = server_credentials(config)
     registry_credentials = registry_channel_credentials(config)
+    instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    # Unique per instance: the task triggers' notifications name the session that freed a slot.
+    application_name = f"arbiter-orchestrator {instance_id}"
     pool = await open_pool(
-        config.require_database_url(), config.db_pool_min_size, config.db_pool_max_size, name="orchestrator"
+        config.require_database_url(),
+        config.db_pool_min_size,
+        config.db_pool_max_size,
+        name="orchestrator",
+        application_name=application_name,
     )
     registry_channel = open_registry_channel(config.registry_dial_target, registry_credentials)
     background: list[asyncio.Task[None]] = []
@@ -87,7 +94,9 @@ async def create_orchestrator(config: Config) -> OrchestratorApp:
         directory = AgentDirectory(registry, agents_changed)
         router = Router(RoutingSettings.from_config(config), random.Random(config.routing_seed))
         dispatcher = Dispatcher(store, sessions, directory, router, poll_seconds=config.assignment_poll_seconds)
-        notifications = TaskNotifications(config.require_database_url(), sessions, dispatcher.wake)
+        notifications = TaskNotifications(
+            config.require_database_url(), sessions, dispatcher.wake, application_name[:63]
+        )
         orchestrator = Orchestrator(
             store,
             registry,
@@ -99,7 +108,7 @@ async def create_orchestrator(config: Config) -> OrchestratorApp:
             outcomes,
             max_payload_bytes=config.max_payload_bytes,
             poll_seconds=config.assignment_poll_seconds,
-            instance_id=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+            instance_id=instance_id,
         )
         sweeper = Sweeper(
             store,

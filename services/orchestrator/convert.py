@@ -24,7 +24,7 @@ from services.orchestrator.domain import (
 )
 from services.orchestrator.routing import ScoredAgent, Strategy
 from shared import tenancy
-from shared.errors import InvalidArgument
+from shared.errors import STATUS_BY_ERROR, ArbiterError, InvalidArgument
 from shared.timestamps import to_timestamp
 
 STRATEGY_TO_PB = {
@@ -212,4 +212,15 @@ def stream_message_to_pb(
         assignment=orchestrator_service_pb2.Assignment(
             task=task_to_pb(task), attempt=task.attempt, lease_expires_at=to_timestamp(task.lease_expires_at)
         )
+    )
+
+
+def completion_result_to_pb(
+    task_id: str, attempt: int, refusal: ArbiterError | None
+) -> orchestrator_service_pb2.CompletionResult:
+    """One entry of a CompleteTasks answer: OK, or the status CompleteTask would have given it alone."""
+    if refusal is None:
+        return orchestrator_service_pb2.CompletionResult(task_id=task_id, attempt=attempt)
+    return orchestrator_service_pb2.CompletionResult(
+        task_id=task_id, attempt=attempt, code=STATUS_BY_ERROR[type(refusal)].value[0], message=str(refusal)
     )

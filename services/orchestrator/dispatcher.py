@@ -18,7 +18,7 @@ import logging
 
 from services.orchestrator.agent_directory import AgentDirectory
 from services.orchestrator.domain import AgentProfile
-from services.orchestrator.planning import FairShare, RoutingTable, plan_assignments, work_queries
+from services.orchestrator.planning import FairShare, RoutingTable, WorkQuery, plan_assignments, work_queries
 from services.orchestrator.routing import Router
 from services.orchestrator.sessions import AgentSessions
 from services.orchestrator.storage import Assigned, TaskStore
@@ -85,13 +85,14 @@ class Dispatcher:
             ]
             if self._sessions.closing or not profiles:
                 return []
-            held = await self._store.held_counts([profile.id for profile in profiles])
-            self._table.refresh(profiles, held)
-            queries = work_queries(self._table.agents())
-            if not queries:
-                return []
+
+            def queries_for(held: dict[str, int]) -> list[WorkQuery]:
+                self._table.refresh(profiles, held)
+                return work_queries(self._table.agents())
+
             assigned = await self._store.dispatch(
-                queries,
+                [profile.id for profile in profiles],
+                queries_for,
                 lambda tasks: plan_assignments(
                     tasks, self._table, self._router, self._directory.outcomes_of_type, self._share
                 ),

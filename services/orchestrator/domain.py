@@ -214,6 +214,25 @@ class AttemptReport:
     attempt: int
 
 
+@dataclass(frozen=True)
+class Completion:
+    """A checked result for an attempt, as CompleteTask or one entry of CompleteTasks brings it."""
+
+    report: AttemptReport
+    result: dict[str, Any]
+    quality: float | None
+
+
+@dataclass(frozen=True)
+class CompletedAttempt:
+    """An attempt just recorded COMPLETED: what its agent's track record needs."""
+
+    task_id: str
+    attempt: int
+    task_type: str
+    assigned_at: datetime | None
+
+
 def validate_submission(
     *,
     task_type: str,
@@ -260,11 +279,11 @@ def validate_submission(
     )
 
 
-def validate_batch_size(size: int) -> None:
+def validate_batch_size(size: int, field: str = "tasks") -> None:
     if size == 0:
-        raise InvalidArgument("tasks", f"is empty; send 1 to {MAX_BATCH_SIZE} tasks")
+        raise InvalidArgument(field, f"is empty; send 1 to {MAX_BATCH_SIZE}")
     if size > MAX_BATCH_SIZE:
-        raise InvalidArgument("tasks", f"has {size} tasks; at most {MAX_BATCH_SIZE} per call, so split the batch")
+        raise InvalidArgument(field, f"has {size}; at most {MAX_BATCH_SIZE} per call, so split the batch")
 
 
 def validate_report(task_id: str, agent_id: str, attempt: int) -> AttemptReport:

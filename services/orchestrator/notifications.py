@@ -1,10 +1,10 @@
 """What other orchestrators (and this one) changed, heard over PostgreSQL LISTEN/NOTIFY.
 
-The tasks table's trigger notifies on every change (see migrations 0005 and 0006). One connection per
-orchestrator listens and turns notifications into wake-ups: new PENDING work and a freed slot wake the
-dispatcher, an attempt taken back sends a cancellation down its agent's stream, and a changed task
-wakes its watchers. While the connection is down, the safety poll, lease extensions and
-watchers' own re-reads keep everything correct, only slower; on reconnect everyone looks again.
+The tasks table's triggers notify on every change (see migrations 0005, 0006 and 0009). One connection
+per orchestrator listens and turns notifications into wake-ups: new PENDING work and a slot another
+process freed wake the dispatcher, an attempt taken back sends a cancellation down its agent's stream,
+and a changed task wakes its watchers. While the connection is down, the safety poll, lease extensions
+and watchers' own re-reads keep everything correct, only slower; on reconnect everyone looks again.
 """
 
 from __future__ import annotations
@@ -28,8 +28,16 @@ CHANNELS = ("arbiter_task", "arbiter_work", "arbiter_revoke", "arbiter_slot")
 
 
 class TaskNotifications:
-    def __init__(self, database_url: str, sessions: AgentSessions, wake_dispatcher: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        sessions: AgentSessions,
+        wake_dispatcher: Callable[[], None],
+        application_name: str,
+    ) -> None:
+        """`application_name` is the one this process's pool connections carry (see migration 0009)."""
         self._database_url = database_url
+        self._application_name = application_name
         self._sessions = sessions
         self._wake_dispatcher = wake_dispatcher
         self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
@@ -82,12 +90,15 @@ class TaskNotifications:
 
     def _dispatch(self, channel: str, payload: str) -> None:
         if channel == "arbiter_task":
-            for changed in self._watchers.get(payload, ()):
-                changed.set()
+            for task_id in payload.split(","):
+                for changed in self._watchers.get(task_id, ()):
+                    changed.set()
         elif channel == "arbiter_work":
             self._wake_dispatcher()
         elif channel == "arbiter_slot":
-            if payload in self._sessions:
+            freed = json.loads(payload)
+            # A slot this process freed woke its dispatcher already: only others' news is news.
+            if freed["by"] != self._application_name and freed["agent"] in self._sessions:
                 self._wake_dispatcher()
         elif channel == "arbiter_revoke":
             revoked = json.loads(payload)

@@ -19,6 +19,7 @@ from services.orchestrator.dispatcher import Dispatcher
 from services.orchestrator.domain import (
     AttemptCancellation,
     AttemptReport,
+    Completion,
     NewTask,
     OrchestratorDraining,
     RecordedDecision,
@@ -79,10 +80,11 @@ class RoutingExplanation:
     candidates: list[ScoredAgent]
 
 
-def _latency_ms(task: TaskRecord) -> float:
-    if task.assigned_at is None:
+def _latency_ms(assigned_at: datetime | None) -> float:
+    """From assignment to now: the attempt's latency as the agent's track record counts it."""
+    if assigned_at is None:
         return 0.0
-    return max(0.0, (datetime.now(UTC) - task.assigned_at).total_seconds() * 1000)
+    return max(0.0, (datetime.now(UTC) - assigned_at).total_seconds() * 1000)
 
 
 class Orchestrator:
@@ -189,7 +191,9 @@ class Orchestrator:
                 f"task {checked_id} is already {current.state.name}; only PENDING, ASSIGNED or RUNNING tasks "
                 "can be cancelled"
             )
-        # The agent's stream, on whichever orchestrator, hears of it through the table's NOTIFY.
+        # The agent's stream, on whichever orchestrator, hears of it through the table's NOTIFY; a slot it
+        # freed is this dispatcher's to fill (its own notifications of freed slots are skipped).
+        self.dispatcher.wake()
         return (await self._shown([cancelled]))[0]
 
     async def watch(self, task_id: str, scope: TaskScope) -> AsyncIterator[TaskRecord]:
@@ -220,6 +224,7 @@ class Orchestrator:
     # Agents' side.
 
     async def _explain_stale(self, report: AttemptReport) -> FailedPrecondition:
+        """Why the report changed nothing; NotFound (raised) when the task is unknown to the agent's tenant."""
         current = await self._store.get(report.task_id, TaskScope(tenancy.tenant_of(report.agent_id)))
         if current is None:
             raise _unknown_task(report.task_id)
@@ -235,18 +240,63 @@ class Orchestrator:
             raise await self._explain_stale(report)
         return record
 
-    async def complete(
-        self, task_id: str, agent_id: str, attempt: int, result: dict[str, Any], quality: float | None = None
-    ) -> TaskRecord:
+    @staticmethod
+    def check_completion(
+        task_id: str, agent_id: str, attempt: int, result: dict[str, Any], quality: float | None
+    ) -> Completion:
         report = validate_report(task_id, agent_id, attempt)
         if quality is not None and not 0.0 <= quality <= 1.0:  # also rejects NaN
             raise InvalidArgument("quality", f"must be between 0 and 1, or unset; got {quality}")
-        record = await self._store.complete(report, validation.storable_json("result", result))
+        return Completion(report, validation.storable_json("result", result), quality)
+
+    async def complete(self, completion: Completion) -> TaskRecord:
+        record = await self._store.complete(completion.report, completion.result)
         if record is None:
-            raise await self._explain_stale(report)
-        self.outcomes.record(Outcome(report.agent_id, record.task_type, True, _latency_ms(record), quality))
+            raise await self._explain_stale(completion.report)
+        self._record_success(completion, record.task_type, record.assigned_at)
         self.dispatcher.wake()
         return record
+
+    async def complete_many(self, checked: list[Completion | ArbiterError]) -> list[ArbiterError | None]:
+        """Records every completion in one transaction; for each entry, None when recorded, or why not
+        (its own check's error, a repeat within the call, a stale or foreign attempt, an unknown task)."""
+        refusals: list[ArbiterError | None] = []
+        unique: list[Completion] = []
+        seen: set[tuple[str, int]] = set()
+        for item in checked:
+            if isinstance(item, Completion):
+                key = (item.report.task_id, item.report.attempt)
+                if key in seen:
+                    item = InvalidArgument(
+                        "completions", f"task {key[0]} attempt {key[1]} appears more than once; report it once"
+                    )
+                else:
+                    seen.add(key)
+                    unique.append(item)
+            refusals.append(item if isinstance(item, ArbiterError) else None)
+        recorded = await self._store.complete_many(unique) if unique else {}
+        for completion in unique:
+            attempt = recorded.get((completion.report.task_id, completion.report.attempt))
+            if attempt is not None:
+                self._record_success(completion, attempt.task_type, attempt.assigned_at)
+        if recorded:
+            self.dispatcher.wake()
+        for index, item in enumerate(checked):
+            if isinstance(item, Completion) and refusals[index] is None:
+                if (item.report.task_id, item.report.attempt) not in recorded:
+                    refusals[index] = await self._why_not_recorded(item.report)
+        return refusals
+
+    async def _why_not_recorded(self, report: AttemptReport) -> ArbiterError:
+        try:
+            return await self._explain_stale(report)
+        except NotFound as unknown:
+            return unknown
+
+    def _record_success(self, completion: Completion, task_type: str, assigned_at: datetime | None) -> None:
+        self.outcomes.record(
+            Outcome(completion.report.agent_id, task_type, True, _latency_ms(assigned_at), completion.quality)
+        )
 
     async def fail(self, task_id: str, agent_id: str, attempt: int, error: str, retryable: bool) -> TaskRecord:
         report = validate_report(task_id, agent_id, attempt)
@@ -254,7 +304,7 @@ class Orchestrator:
         record = await self._store.fail(report, error, retryable)
         if record is None:
             raise await self._explain_stale(report)
-        self.outcomes.record(Outcome(report.agent_id, record.task_type, False, _latency_ms(record)))
+        self.outcomes.record(Outcome(report.agent_id, record.task_type, False, _latency_ms(record.assigned_at)))
         self.dispatcher.wake()
         return record
 
@@ -262,7 +312,9 @@ class Orchestrator:
         """Attempts taken back from their agents (lease, timeout, agent gone) count as their failures."""
         for task in tasks:
             if task.assigned_agent_id:
-                self.outcomes.record(Outcome(task.assigned_agent_id, task.task_type, False, _latency_ms(task)))
+                self.outcomes.record(
+                    Outcome(task.assigned_agent_id, task.task_type, False, _latency_ms(task.assigned_at))
+                )
 
     async def assignments(
         self, agent_id: str

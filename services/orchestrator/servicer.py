@@ -11,6 +11,7 @@ from arbiter.v1 import orchestrator_service_pb2 as pb
 from arbiter.v1 import orchestrator_service_pb2_grpc as pb_grpc
 from services.orchestrator.convert import (
     STRATEGY_TO_PB,
+    completion_result_to_pb,
     routing_decision_to_pb,
     scored_agent_to_pb,
     state_from_pb,
@@ -22,10 +23,10 @@ from services.orchestrator.convert import (
     task_event_to_pb,
     task_to_pb,
 )
-from services.orchestrator.domain import NewTask, validate_batch_size
+from services.orchestrator.domain import Completion, NewTask, validate_batch_size
 from services.orchestrator.service import Orchestrator
 from shared.callers import Caller, current_caller
-from shared.errors import InvalidArgument, stream_errors, unary_errors
+from shared.errors import ArbiterError, InvalidArgument, stream_errors, unary_errors
 
 
 def _owned(caller: Caller, task: NewTask) -> NewTask:
@@ -138,18 +139,40 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     async def CompleteTask(
         self, request: pb.CompleteTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.CompleteTaskResponse:
+        task = await self._orchestrator.complete(self._completion(current_caller(), request))
+        return pb.CompleteTaskResponse(task=task_to_pb(task))
+
+    @unary_errors
+    async def CompleteTasks(
+        self, request: pb.CompleteTasksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CompleteTasksResponse:
+        validate_batch_size(len(request.completions), "completions")
+        caller = current_caller()
+        checked: list[Completion | ArbiterError] = []
+        for completion in request.completions:
+            try:
+                checked.append(self._completion(caller, completion))
+            except ArbiterError as refused:
+                checked.append(refused)
+        refusals = await self._orchestrator.complete_many(checked)
+        return pb.CompleteTasksResponse(
+            results=[
+                completion_result_to_pb(completion.task_id, completion.attempt, refusal)
+                for completion, refusal in zip(request.completions, refusals, strict=True)
+            ]
+        )
+
+    def _completion(self, caller: Caller, request: pb.CompleteTaskRequest) -> Completion:
         size = request.result.ByteSize()
         if size > self._orchestrator.max_payload_bytes:
             raise InvalidArgument("result", f"is {size} bytes; the limit is {self._orchestrator.max_payload_bytes}")
-        agent_id = current_caller().acting_agent("agent_id", request.agent_id)
-        task = await self._orchestrator.complete(
+        return self._orchestrator.check_completion(
             request.task_id,
-            agent_id,
+            caller.acting_agent("agent_id", request.agent_id),
             request.attempt,
             struct_to_dict("result", request.result),
             request.quality if request.HasField("quality") else None,
         )
-        return pb.CompleteTaskResponse(task=task_to_pb(task))
 
     @unary_errors
     async def FailTask(self, request: pb.FailTaskRequest, context: grpc.aio.ServicerContext) -> pb.FailTaskResponse:

@@ -7,6 +7,7 @@ so a stale or foreign report updates nothing.
 from __future__ import annotations
 
 import random
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,8 @@ from psycopg.types.json import Jsonb
 from services.orchestrator.domain import (
     MAX_ERROR_LENGTH,
     AttemptReport,
+    CompletedAttempt,
+    Completion,
     NewTask,
     RecordedDecision,
     Submitted,
@@ -58,39 +61,107 @@ def _scope(scope: TaskScope) -> dict[str, Any]:
 _IN_FLIGHT = "('assigned', 'running')"
 
 
-# insert_task: a new PENDING row, or nothing when the idempotency key is taken (the caller reads that row).
-_INSERT_TASK = f"""
-    INSERT INTO tasks (task_type, state, payload, priority, required_languages, required_specializations,
+# insert_tasks: new PENDING rows in one statement, in the order given, with the ids given; a row whose
+# idempotency key is taken in its tenant (by an earlier submit, or earlier in this statement) is not made,
+# and is missing from what comes back (the caller reads that row).
+_INSERT_TASKS = f"""
+    INSERT INTO tasks (id, task_type, state, payload, priority, required_languages, required_specializations,
                        required_labels, max_attempts, timeout_ms, idempotency_key, schedule_to_start_timeout_ms,
                        tenant, submitted_by)
-    VALUES (%(task_type)s, 'pending', %(payload)s, %(priority)s, %(languages)s, %(specializations)s,
-            %(labels)s, %(max_attempts)s, %(timeout_ms)s, %(idempotency_key)s, %(schedule_to_start_timeout_ms)s,
-            %(tenant)s, %(submitted_by)s)
+    SELECT new.id, new.task_type, 'pending', new.payload, new.priority,
+           ARRAY(SELECT jsonb_array_elements_text(new.languages)),
+           ARRAY(SELECT jsonb_array_elements_text(new.specializations)),
+           new.labels, new.max_attempts, new.timeout_ms, new.idempotency_key, new.schedule_to_start_timeout_ms,
+           %(tenant)s, %(submitted_by)s::uuid
+    FROM unnest(%(ids)s::uuid[], %(task_types)s::text[], %(payloads)s::jsonb[], %(priorities)s::int[],
+                %(languages)s::jsonb[], %(specializations)s::jsonb[], %(labels)s::jsonb[], %(max_attempts)s::int[],
+                %(timeout_ms)s::bigint[], %(idempotency_keys)s::text[], %(schedule_to_start_timeout_ms)s::bigint[])
+        WITH ORDINALITY AS new(id, task_type, payload, priority, languages, specializations, labels, max_attempts,
+                               timeout_ms, idempotency_key, schedule_to_start_timeout_ms, position)
+    ORDER BY new.position
     ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING {_TASK_COLUMNS}
 """
 
 
-def _insert_parameters(task: NewTask) -> dict[str, Any]:
+def _insert_parameters(ids: list[str], tasks: list[NewTask]) -> dict[str, Any]:
     return {
-        "task_type": task.task_type,
-        "payload": Jsonb(task.payload),
-        "priority": task.priority,
-        "languages": task.requirements.languages,
-        "specializations": task.requirements.specializations,
-        "labels": Jsonb(task.requirements.labels),
-        "max_attempts": task.max_attempts,
-        "timeout_ms": task.timeout_ms,
-        "idempotency_key": task.idempotency_key,
-        "schedule_to_start_timeout_ms": task.schedule_to_start_timeout_ms,
-        "tenant": task.tenant,
-        "submitted_by": task.submitted_by,
+        "ids": ids,
+        "task_types": [task.task_type for task in tasks],
+        "payloads": [Jsonb(task.payload) for task in tasks],
+        "priorities": [task.priority for task in tasks],
+        "languages": [Jsonb(task.requirements.languages) for task in tasks],
+        "specializations": [Jsonb(task.requirements.specializations) for task in tasks],
+        "labels": [Jsonb(task.requirements.labels) for task in tasks],
+        "max_attempts": [task.max_attempts for task in tasks],
+        "timeout_ms": [task.timeout_ms for task in tasks],
+        "idempotency_keys": [task.idempotency_key for task in tasks],
+        "schedule_to_start_timeout_ms": [task.schedule_to_start_timeout_ms for task in tasks],
+        "tenant": tasks[0].tenant,
+        "submitted_by": tasks[0].submitted_by,
     }
 
 
 _DECISION_COLUMNS = """
     task_id::text AS task_id, attempt, agent_id, strategy, confidence, score, explored, reason, alternatives,
     decided_at
+"""
+
+
+# count_held_by_agent: in-flight attempts per agent, for the agents given (absent means none).
+_HELD_COUNTS = f"""
+    SELECT assigned_agent_id, count(*) AS held FROM tasks
+    WHERE assigned_agent_id = ANY(%s) AND state IN {_IN_FLIGHT}
+    GROUP BY assigned_agent_id
+"""
+
+# pending_candidates: for each query, up to max_tasks PENDING tasks of its tenant and type whose backoff is
+# over and that its agents can take, highest priority then oldest, locked; rows another transaction holds
+# are skipped (SKIP LOCKED), never waited for or taken twice. A task may answer several queries.
+_PENDING_CANDIDATES = f"""
+    SELECT {_QUALIFIED_TASK_COLUMNS}
+    FROM jsonb_to_recordset(%(queries)s) AS q(tenant text, task_type text, languages text[],
+                                               specializations text[], labels jsonb, max_tasks int)
+    CROSS JOIN LATERAL (
+        SELECT * FROM tasks
+        WHERE state = 'pending' AND tenant = q.tenant AND task_type = q.task_type
+          AND (not_before IS NULL OR not_before <= now())
+          AND required_languages <@ q.languages
+          AND required_specializations <@ q.specializations
+          AND required_labels <@ q.labels
+        ORDER BY priority DESC, created_at, id
+        LIMIT q.max_tasks
+        FOR UPDATE SKIP LOCKED
+    ) t
+"""
+
+# assign_tasks: the locked tasks become ASSIGNED to the chosen agents with fresh leases, and each attempt's
+# routing decision is recorded (replacing one left by an attempt that was rolled back), in one statement.
+_ASSIGN = f"""
+    WITH chosen AS (
+        SELECT * FROM unnest(%(ids)s::uuid[], %(agents)s::text[], %(strategies)s::text[], %(confidences)s::float8[],
+                             %(scores)s::float8[], %(explored)s::bool[], %(reasons)s::text[], %(alternatives)s::jsonb[])
+            AS c(id, agent_id, strategy, confidence, score, explored, reason, alternatives)
+    ), assigned AS (
+        UPDATE tasks t
+        SET state = 'assigned', assigned_agent_id = chosen.agent_id, assigned_at = clock_timestamp(),
+            lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+            progress = 0, progress_message = '', not_before = NULL, error = '', updated_at = now()
+        FROM chosen
+        WHERE t.id = chosen.id
+        RETURNING {_QUALIFIED_TASK_COLUMNS}
+    ), decided AS (
+        INSERT INTO routing_decisions (task_id, attempt, agent_id, strategy, confidence, score, explored, reason,
+                                       alternatives)
+        SELECT a.id::uuid, a.attempt, c.agent_id, c.strategy, c.confidence, c.score, c.explored, c.reason,
+               c.alternatives
+        FROM assigned a JOIN chosen c ON c.id = a.id::uuid
+        ON CONFLICT (task_id, attempt) DO UPDATE
+        SET agent_id = excluded.agent_id, strategy = excluded.strategy, confidence = excluded.confidence,
+            score = excluded.score, explored = excluded.explored, reason = excluded.reason,
+            alternatives = excluded.alternatives, decided_at = now()
+    )
+    SELECT * FROM assigned
 """
 
 
@@ -177,29 +248,30 @@ class TaskStore:
         self._agents_failed = agents_failed
 
     async def insert_many(self, tasks: list[NewTask]) -> list[Submitted]:
-        """insert_tasks: all rows in one transaction (all or none), in order. A task whose idempotency
+        """insert_tasks: all rows in one statement (all or none), in order. A task whose idempotency
         key is taken in its tenant, by an earlier submit or earlier in this batch, resolves to the existing
         row. Concurrent inserts with one key wait on the unique index, so only one row is made. A batch
-        is one tenant's."""
-        assert len({task.tenant for task in tasks}) <= 1, "a batch of tasks belongs to one tenant"
-        async with self._pool.connection() as connection, connection.transaction(), connection.cursor() as cursor:
-            await cursor.executemany(_INSERT_TASK, [_insert_parameters(task) for task in tasks], returning=True)
-            inserted: list[TaskRecord | None] = []
-            async for _ in cursor.results():
-                row = await cursor.fetchone()
-                inserted.append(_record(row) if row else None)
-            taken_keys = [task.idempotency_key for task, record in zip(tasks, inserted, strict=True) if record is None]
+        is one tenant's, from one submitter."""
+        assert len({(task.tenant, task.submitted_by) for task in tasks}) == 1, "a batch is one submitter's"
+        # Made here, so that each row that comes back is known to be its task's without relying on order.
+        ids = [str(uuid.uuid4()) for _ in tasks]
+        async with self._pool.connection() as connection:
+            cursor = await connection.execute(_INSERT_TASKS, _insert_parameters(ids, tasks))
+            inserted = {row["id"]: _record(row) for row in await cursor.fetchall()}
+            taken_keys = [
+                task.idempotency_key for task, task_id in zip(tasks, ids, strict=True) if task_id not in inserted
+            ]
             existing: dict[str, TaskRecord] = {}
             if taken_keys:
-                await cursor.execute(
+                cursor = await connection.execute(
                     f"SELECT {_TASK_COLUMNS} FROM tasks WHERE tenant = %s AND idempotency_key = ANY(%s)",
                     (tasks[0].tenant, taken_keys),
                 )
                 existing = {row["idempotency_key"]: _record(row) for row in await cursor.fetchall()}
         submitted = []
-        for task, record in zip(tasks, inserted, strict=True):
-            if record is not None:
-                submitted.append(Submitted(record, created=True))
+        for task, task_id in zip(tasks, ids, strict=True):
+            if task_id in inserted:
+                submitted.append(Submitted(inserted[task_id], created=True))
             else:
                 assert task.idempotency_key in existing, "a conflicting idempotency key must name an existing task"
                 submitted.append(Submitted(existing[task.idempotency_key], created=False))
@@ -283,81 +355,40 @@ class TaskStore:
     async def held_counts(self, agent_ids: list[str]) -> dict[str, int]:
         """count_held_by_agent: in-flight attempts per agent, for the agents given (absent means none)."""
         async with self._pool.connection() as connection:
-            cursor = await connection.execute(
-                f"""
-                SELECT assigned_agent_id, count(*) AS held FROM tasks
-                WHERE assigned_agent_id = ANY(%s) AND state IN {_IN_FLIGHT}
-                GROUP BY assigned_agent_id
-                """,
-                (agent_ids,),
-            )
+            cursor = await connection.execute(_HELD_COUNTS, (agent_ids,))
             return {row["assigned_agent_id"]: row["held"] for row in await cursor.fetchall()}
 
-    async def dispatch(self, queries: list[WorkQuery], plan: AssignmentPlanner) -> list[Assigned]:
-        """dispatch_pending_tasks: in one transaction, locks PENDING tasks whose backoff is over, for each
-        query up to its limit of the given type that its agents can take, highest priority then oldest
-        (SKIP LOCKED: a row another orchestrator is dispatching is skipped, never taken twice); `plan`
-        picks an agent for some of them; those become ASSIGNED to it with their routing decisions. The
-        rest stay PENDING, untouched."""
-        if not queries:
-            return []
-        async with self._pool.connection() as connection, connection.transaction():
+    async def dispatch(
+        self,
+        agent_ids: list[str],
+        queries_for: Callable[[dict[str, int]], list[WorkQuery]],
+        plan: AssignmentPlanner,
+    ) -> list[Assigned]:
+        """dispatch_pending_tasks: in one transaction, reads what the agents hold (`queries_for` turns that
+        into the work to look for), then locks PENDING tasks whose backoff is over, for each query up to
+        its limit of the given type that its agents can take, highest priority then oldest (SKIP LOCKED: a
+        row another orchestrator is dispatching is skipped, never taken twice); `plan` picks an agent for
+        some of them; those become ASSIGNED to it with their routing decisions. The rest stay PENDING,
+        untouched. Pipelined: three round trips to the database, whatever the number of tasks."""
+        async with self._pool.connection() as connection, connection.pipeline(), connection.transaction():
+            cursor = await connection.execute(_HELD_COUNTS, (agent_ids,))
+            held = {row["assigned_agent_id"]: row["held"] for row in await cursor.fetchall()}
+            queries = queries_for(held)
+            if not queries:
+                return []
             cursor = await connection.execute(
-                f"""
-                SELECT {_QUALIFIED_TASK_COLUMNS}
-                FROM jsonb_to_recordset(%(queries)s) AS q(tenant text, task_type text, languages text[],
-                                                           specializations text[], labels jsonb, max_tasks int)
-                CROSS JOIN LATERAL (
-                    SELECT * FROM tasks
-                    WHERE state = 'pending' AND tenant = q.tenant AND task_type = q.task_type
-                      AND (not_before IS NULL OR not_before <= now())
-                      AND required_languages <@ q.languages
-                      AND required_specializations <@ q.specializations
-                      AND required_labels <@ q.labels
-                    ORDER BY priority DESC, created_at, id
-                    LIMIT q.max_tasks
-                    FOR UPDATE SKIP LOCKED
-                ) t
-                """,
-                {"queries": Jsonb([query.as_json() for query in queries])},
+                _PENDING_CANDIDATES, {"queries": Jsonb([query.as_json() for query in queries])}
             )
             unique = {row["id"]: _record(row) for row in await cursor.fetchall()}
             planned = plan(list(unique.values()))
             if not planned:
                 return []
             cursor = await connection.execute(
-                f"""
-                UPDATE tasks t
-                SET state = 'assigned', assigned_agent_id = chosen.agent_id, assigned_at = clock_timestamp(),
-                    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-                    progress = 0, progress_message = '', not_before = NULL, error = '', updated_at = now()
-                FROM unnest(%(ids)s::uuid[], %(agents)s::text[]) AS chosen(id, agent_id)
-                WHERE t.id = chosen.id
-                RETURNING {_QUALIFIED_TASK_COLUMNS}
-                """,
+                _ASSIGN,
                 {
                     "ids": [task.id for task, _ in planned],
                     "agents": [decision.agent_id for _, decision in planned],
                     "lease_seconds": self._lease_seconds,
-                },
-            )
-            assigned = {row["id"]: _record(row) for row in await cursor.fetchall()}
-            await connection.execute(
-                """
-                INSERT INTO routing_decisions (task_id, attempt, agent_id, strategy, confidence, score, explored,
-                                               reason, alternatives)
-                SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(agents)s::text[], %(strategies)s::text[],
-                                     %(confidences)s::float8[], %(scores)s::float8[], %(explored)s::bool[],
-                                     %(reasons)s::text[], %(alternatives)s::jsonb[])
-                ON CONFLICT (task_id, attempt) DO UPDATE
-                SET agent_id = excluded.agent_id, strategy = excluded.strategy, confidence = excluded.confidence,
-                    score = excluded.score, explored = excluded.explored, reason = excluded.reason,
-                    alternatives = excluded.alternatives, decided_at = now()
-                """,
-                {
-                    "ids": [task.id for task, _ in planned],
-                    "attempts": [task.attempt for task, _ in planned],
-                    "agents": [decision.agent_id for _, decision in planned],
                     "strategies": [decision.strategy.value for _, decision in planned],
                     "confidences": [decision.confidence for _, decision in planned],
                     "scores": [decision.score for _, decision in planned],
@@ -366,6 +397,8 @@ class TaskStore:
                     "alternatives": [Jsonb(_alternatives_json(decision)) for _, decision in planned],
                 },
             )
+        # The rows arrived with the commit (the pipeline syncs when the transaction ends).
+        assigned = {row["id"]: _record(row) for row in await cursor.fetchall()}
         return [Assigned(assigned[task.id], decision) for task, decision in planned]
 
     async def with_routing(self, records: list[TaskRecord]) -> list[TaskRecord]:
@@ -450,6 +483,45 @@ class TaskStore:
             )
             row = await cursor.fetchone()
         return _record(row) if row else None
+
+    async def complete_many(self, completions: list[Completion]) -> dict[tuple[str, int], CompletedAttempt]:
+        """complete_tasks: compare-and-set on each attempt, all in one statement; returns those recorded,
+        by (task id, attempt); the others were stale or foreign and are unchanged. Rows are locked in id
+        order, as every statement that locks several tasks does, so two such statements cannot deadlock.
+        One (task id, attempt) per call."""
+        async with self._pool.connection() as connection:
+            cursor = await connection.execute(
+                f"""
+                WITH reported AS (
+                    SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(agents)s::text[], %(results)s::jsonb[])
+                        AS r(id, attempt, agent_id, result)
+                ), locked AS (
+                    SELECT t.id FROM tasks t JOIN reported r USING (id)
+                    WHERE t.attempt = r.attempt AND t.assigned_agent_id = r.agent_id AND t.state IN {_IN_FLIGHT}
+                    ORDER BY t.id
+                    FOR UPDATE OF t
+                )
+                UPDATE tasks t
+                SET state = 'completed', result = r.result, progress = 1, lease_expires_at = NULL, updated_at = now()
+                FROM reported r JOIN locked USING (id)
+                WHERE t.id = r.id AND t.attempt = r.attempt AND t.assigned_agent_id = r.agent_id
+                  AND t.state IN {_IN_FLIGHT}
+                RETURNING t.id::text AS id, t.attempt, t.task_type, t.assigned_at
+                """,
+                {
+                    "ids": [completion.report.task_id for completion in completions],
+                    "attempts": [completion.report.attempt for completion in completions],
+                    "agents": [completion.report.agent_id for completion in completions],
+                    "results": [Jsonb(completion.result) for completion in completions],
+                },
+            )
+            rows = await cursor.fetchall()
+        return {
+            (row["id"], row["attempt"]): CompletedAttempt(
+                row["id"], row["attempt"], row["task_type"], row["assigned_at"]
+            )
+            for row in rows
+        }
 
     async def fail(self, report: AttemptReport, error: str, retryable: bool) -> TaskRecord | None:
         """fail_task: under a row lock, checks the attempt, then either puts the task back to PENDING
@@ -563,6 +635,7 @@ class TaskStore:
             f"""
             SELECT {_TASK_COLUMNS} FROM tasks
             WHERE assigned_agent_id = %(agent_id)s AND state IN {_IN_FLIGHT}
+            ORDER BY id
             FOR UPDATE
             """,
             {"agent_id": agent_id},
@@ -650,6 +723,7 @@ class TaskStore:
                 f"""
                 SELECT {_TASK_COLUMNS} FROM tasks
                 WHERE assigned_agent_id = %s AND state IN {_IN_FLIGHT}
+                ORDER BY id
                 FOR UPDATE
                 """,
                 (agent_id,),

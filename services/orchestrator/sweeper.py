@@ -81,7 +81,8 @@ class Sweeper:
         counts.unstarted = await _repeat(self._store.fail_unstarted)
         counts.released_offline = await self._release_offline_agents()
         counts.woken_types = await self._store.types_ready_since(self._last_sweep_at)
-        if counts.woken_types:
+        # Slots freed here: this instance's own notifications of them are skipped (see notifications.py).
+        if counts.woken_types or counts.expired_leases or counts.timed_out or counts.released_offline:
             self._wake_dispatcher()
         self._last_sweep_at = started_at
         if time.monotonic() - self._last_prune >= PRUNE_EVERY_SECONDS:
