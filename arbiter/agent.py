@@ -443,7 +443,9 @@ class Agent:
                 lease_keeper = asyncio.create_task(self._keep_lease(attempt))
                 await asyncio.wait({attempt.handler_task})
                 lease_keeper.cancel()
-                await self._report_outcome(attempt, attempt.handler_task, task.quality)
+            # The slot is free once the handler is done: the next assignment (which the orchestrator sends
+            # as soon as the result is recorded) starts while this report's answer is still on its way.
+            await self._report_outcome(attempt, attempt.handler_task, task.quality)
         except Exception:
             logger.exception("task %s attempt %d: reporting the outcome failed", attempt.task_id, attempt.attempt)
         finally:

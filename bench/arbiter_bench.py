@@ -145,6 +145,53 @@ def stop_stack(stack: Stack) -> None:
             process.wait()
 
 
+# Where the CPU goes: read from /proc (no call to the system under test), per process kind.
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process; 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _backends_of(database: str) -> list[int]:
+    """The PostgreSQL server processes serving this database (the services' pools and listeners)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if command.startswith("postgres:") and f" {database} " in command:
+                pids.append(int(entry.name))
+    return pids
+
+
+def cpu_seconds(stack: Stack) -> dict[str, float]:
+    registry, orchestrator = stack.processes
+    return {
+        "registry": _process_cpu_seconds(registry.pid),
+        "orchestrator": _process_cpu_seconds(orchestrator.pid),
+        "postgres": sum(_process_cpu_seconds(pid) for pid in _backends_of(DATABASE)),
+    }
+
+
+def cpu_ms_per_task(
+    before: dict[str, float], after: dict[str, float], record_dir: Path, tasks: int
+) -> dict[str, float]:
+    """CPU per task over the measured window, per process kind; the agents' from serve() to exit (their
+    own process_time, recorded through the side channel), warm-up and idle included."""
+    used = {kind: after[kind] - before[kind] for kind in after}
+    events = side_channel.merge(record_dir)
+    served, exited = events.get("cpu_at_serve", {}), events.get("cpu_at_exit", {})
+    used["agents"] = sum(exited[index] - served[index] for index in exited if index in served) / 1e9
+    return {kind: round(seconds / tasks * 1000, 3) for kind, seconds in used.items()}
+
+
 def database_figures() -> dict[str, Any]:
     """After the run: task states and the orchestrator's own last completion time, as a cross-check on
     the side channel (updated_at is set when a task completes)."""
@@ -194,9 +241,11 @@ def agent_process(index: int, agent_key: str, record_dir: str, completed: Synchr
     async def serve() -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, agent.drain)
         side_channel.record("serve", str(index))
+        side_channel.record("cpu_at_serve", str(index), time.process_time_ns())
         await agent.serve()
 
     asyncio.run(serve())
+    side_channel.record("cpu_at_exit", str(index), time.process_time_ns())
     side_channel.flush()
 
 
@@ -260,10 +309,12 @@ async def run_throughput(stack: Stack, tasks: int, record_dir: Path) -> dict[str
     try:
         async with Client(ORCHESTRATOR_ADDRESS, stack.submitter_key, registry_address=REGISTRY_ADDRESS) as client:
             await warm_up(client, completed)
+            cpu_before = cpu_seconds(stack)
             first_submit_ns = time.time_ns()
             await submit_batches(client, "", tasks)
             submitted_ns = time.time_ns()
             await wait_for_count(completed, WARMUP_TASKS + tasks)
+            cpu_after = cpu_seconds(stack)
     finally:
         stop_agents(agents)
     ends = measured(side_channel.merge(record_dir).get("end", {}), tasks)
@@ -273,6 +324,7 @@ async def run_throughput(stack: Stack, tasks: int, record_dir: Path) -> dict[str
         "extra": {
             "submit_seconds": (submitted_ns - first_submit_ns) / 1e9,
             "database": with_database_seconds(first_submit_ns),
+            "cpu_ms_per_task": cpu_ms_per_task(cpu_before, cpu_after, record_dir, tasks),
         },
     }
 
@@ -285,10 +337,12 @@ async def run_drain(stack: Stack, tasks: int, record_dir: Path) -> dict[str, Any
         await submit_batches(client, "", tasks)
         backlog_seconds = time.monotonic() - backlog_started
     completed = multiprocessing.get_context("spawn").Value("q", 0)
+    cpu_before = cpu_seconds(stack)
     launched_ns = time.time_ns()
     agents = start_agents(stack.agent_key, record_dir, completed)
     try:
         await wait_for_count(completed, tasks)
+        cpu_after = cpu_seconds(stack)
     finally:
         stop_agents(agents)
     events = side_channel.merge(record_dir)
@@ -300,6 +354,7 @@ async def run_drain(stack: Stack, tasks: int, record_dir: Path) -> dict[str, Any
             "backlog_submit_seconds": backlog_seconds,
             "seconds_from_process_launch": (last_end_ns - launched_ns) / 1e9,
             "database": with_database_seconds(serving_ns),
+            "cpu_ms_per_task": cpu_ms_per_task(cpu_before, cpu_after, record_dir, tasks),
         },
     }
 
@@ -319,6 +374,7 @@ async def run_latency(stack: Stack, tasks: int, record_dir: Path, rate: float = 
             ORCHESTRATOR_ADDRESS, stack.submitter_key, registry_address=REGISTRY_ADDRESS, timeout=LATENCY_SUBMIT_TIMEOUT
         ) as client:
             await warm_up(client, completed)
+            cpu_before = cpu_seconds(stack)
             loop = asyncio.get_running_loop()
 
             async def submit(key: str) -> None:
@@ -345,6 +401,7 @@ async def run_latency(stack: Stack, tasks: int, record_dir: Path, rate: float = 
             await asyncio.gather(*list(sends))
             # A refused submit may still have stored its task, so wait for those that surely were.
             await wait_for_count(completed, WARMUP_TASKS + tasks - len(failed))
+            cpu_after = cpu_seconds(stack)
     finally:
         stop_agents(agents)
     for key in failed:
@@ -363,6 +420,7 @@ async def run_latency(stack: Stack, tasks: int, record_dir: Path, rate: float = 
             "failed_submit_example": next(iter(failed.values()), ""),
             "schedule_to_start_ms": {**percentiles(to_start), "max_ms": to_start[-1]},
             "submit_to_completion_ms": {**percentiles(to_end), "max_ms": to_end[-1]},
+            "cpu_ms_per_task": cpu_ms_per_task(cpu_before, cpu_after, record_dir, tasks),
         },
     }
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
 
 from shared import validation
 from shared.database import Pool
@@ -94,27 +95,35 @@ def _storable_event(event: AuditEvent) -> AuditEvent:
 
 
 # insert_audit_events: the whole batch in one statement, so every row of it commits or none does.
+# One JSON document for the whole batch: psycopg turns one jsonb parameter into text far faster than ten
+# arrays, whose element types it inspects one by one.
 _INSERT_AUDIT_EVENTS = """
     INSERT INTO audit_events (at, tenant, key_id, role, rpc, resource_id, status, message, peer, trace_id)
-    SELECT * FROM unnest(
-        %(at)s::timestamptz[], %(tenant)s::text[], %(key_id)s::uuid[], %(role)s::text[], %(rpc)s::text[],
-        %(resource_id)s::text[], %(status)s::text[], %(message)s::text[], %(peer)s::text[], %(trace_id)s::text[]
-    )
+    SELECT at, tenant, key_id, role, rpc, resource_id, status, message, peer, trace_id
+    FROM jsonb_to_recordset(%(events)s) AS event(at timestamptz, tenant text, key_id uuid, role text, rpc text,
+                                                 resource_id text, status text, message text, peer text, trace_id text)
 """
 
 
-def _insert_parameters(events: list[AuditEvent]) -> dict[str, list[Any]]:
+def _insert_parameters(events: list[AuditEvent]) -> dict[str, Jsonb]:
     return {
-        "at": [event.at for event in events],
-        "tenant": [event.tenant for event in events],
-        "key_id": [None if event.key_id is None else uuid.UUID(event.key_id) for event in events],
-        "role": [event.role for event in events],
-        "rpc": [event.rpc for event in events],
-        "resource_id": [event.resource_id for event in events],
-        "status": [event.status for event in events],
-        "message": [event.message for event in events],
-        "peer": [event.peer for event in events],
-        "trace_id": [event.trace_id for event in events],
+        "events": Jsonb(
+            [
+                {
+                    "at": event.at.isoformat(),
+                    "tenant": event.tenant,
+                    "key_id": event.key_id,
+                    "role": event.role,
+                    "rpc": event.rpc,
+                    "resource_id": event.resource_id,
+                    "status": event.status,
+                    "message": event.message,
+                    "peer": event.peer,
+                    "trace_id": event.trace_id,
+                }
+                for event in events
+            ]
+        )
     }
 
 

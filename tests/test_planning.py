@@ -16,6 +16,7 @@ from services.orchestrator.planning import (
     FreeAgent,
     RoutingTable,
     fair_order,
+    more_work_may_wait,
     plan_assignments,
     work_queries,
 )
@@ -213,3 +214,17 @@ def test_the_table_keeps_candidates_between_rounds_and_follows_what_agents_hold(
     table.refresh([agents[0].profile, newcomer.profile], {})
     third = plan_assignments([task(7, languages=["rust"])], table, router(), lambda t: 0, FairShare())
     assert [decision.agent_id for _, decision in third] == ["c"]
+
+
+def test_another_round_at_once_only_after_one_that_assigned_and_left_a_slot_free() -> None:
+    def after_round(agents: list[FreeAgent], found: int) -> bool:
+        table = table_of(agents)
+        planned = plan_assignments([task(number) for number in range(found)], table, router(), lambda _: 0, FairShare())
+        return more_work_may_wait(planned, table)
+
+    # Three found and assigned: every slot is taken, the next round waits for a completion.
+    assert not after_round([agent("a", max_concurrent_tasks=3)], found=3)
+    # Nothing found: nothing to run for.
+    assert not after_round([agent("a", max_concurrent_tasks=3)], found=0)
+    # One found while two slots are free: more may be pending (e.g. behind locked rows), look again.
+    assert after_round([agent("a", max_concurrent_tasks=3)], found=1)

@@ -94,7 +94,9 @@ class TaskNotifications:
                 for changed in self._watchers.get(task_id, ()):
                     changed.set()
         elif channel == "arbiter_work":
-            self._wake_dispatcher()
+            # Work this process submitted or put back was seen by its own dispatch round already.
+            if json.loads(payload)["by"] != self._application_name:
+                self._wake_dispatcher()
         elif channel == "arbiter_slot":
             freed = json.loads(payload)
             # A slot this process freed woke its dispatcher already: only others' news is news.

@@ -252,3 +252,11 @@ def plan_assignments(
         share.served(task.routing_type)
         planned.append((task, decision))
     return planned
+
+
+def more_work_may_wait(planned: list[tuple[TaskRecord, Decision]], table: RoutingTable) -> bool:
+    """After a round: whether to run another at once. Only if this one assigned something and an agent
+    still has a free slot (more may be PENDING, e.g. behind rows another orchestrator had locked). A round
+    that filled every slot waits for news instead (a completion, a new task), which wakes the dispatcher:
+    running again at once would only find everyone busy."""
+    return bool(planned) and any(agent.free_slots > 0 for agent in table.agents())

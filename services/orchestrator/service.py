@@ -40,7 +40,7 @@ from services.orchestrator.outcomes import OutcomeReporter
 from services.orchestrator.registry_client import Outcome, RegistryClient
 from services.orchestrator.routing import Router, ScoredAgent, Strategy
 from services.orchestrator.sessions import AgentSession, AgentSessions
-from services.orchestrator.storage import TaskStore
+from services.orchestrator.storage import Submission, TaskStore
 from shared import tenancy, validation
 from shared.errors import Aborted, ArbiterError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shared.pagination import decode_page_token, encode_page_token
@@ -124,10 +124,10 @@ class Orchestrator:
 
     async def submit_many(self, tasks: list[NewTask]) -> list[Submitted]:
         validate_batch_size(len(tasks))
-        submitted = await self._store.insert_many(tasks)
-        if any(each.created for each in submitted):
-            self.dispatcher.wake()
-        return submitted
+        submission = Submission.of(tasks)
+        # Inserted by the next dispatch round, which hands what it can to free agents in the same commit.
+        inserted = await self.dispatcher.insert(submission)
+        return await self._store.submitted(submission, inserted)
 
     async def queue_stats(self, scope: TaskScope) -> list[TaskCount]:
         return await self._store.count_by_type_and_state(scope)
@@ -274,13 +274,12 @@ class Orchestrator:
                     seen.add(key)
                     unique.append(item)
             refusals.append(item if isinstance(item, ArbiterError) else None)
-        recorded = await self._store.complete_many(unique) if unique else {}
+        # Recorded by the next dispatch round, in the transaction that fills the slots they free.
+        recorded = await self.dispatcher.complete(unique) if unique else {}
         for completion in unique:
             attempt = recorded.get((completion.report.task_id, completion.report.attempt))
             if attempt is not None:
                 self._record_success(completion, attempt.task_type, attempt.assigned_at)
-        if recorded:
-            self.dispatcher.wake()
         for index, item in enumerate(checked):
             if isinstance(item, Completion) and refusals[index] is None:
                 if (item.report.task_id, item.report.attempt) not in recorded:

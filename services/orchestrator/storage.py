@@ -73,30 +73,54 @@ _INSERT_TASKS = f"""
            ARRAY(SELECT jsonb_array_elements_text(new.specializations)),
            new.labels, new.max_attempts, new.timeout_ms, new.idempotency_key, new.schedule_to_start_timeout_ms,
            %(tenant)s, %(submitted_by)s::uuid
-    FROM unnest(%(ids)s::uuid[], %(task_types)s::text[], %(payloads)s::jsonb[], %(priorities)s::int[],
-                %(languages)s::jsonb[], %(specializations)s::jsonb[], %(labels)s::jsonb[], %(max_attempts)s::int[],
-                %(timeout_ms)s::bigint[], %(idempotency_keys)s::text[], %(schedule_to_start_timeout_ms)s::bigint[])
-        WITH ORDINALITY AS new(id, task_type, payload, priority, languages, specializations, labels, max_attempts,
-                               timeout_ms, idempotency_key, schedule_to_start_timeout_ms, position)
+    FROM ROWS FROM (
+        jsonb_to_recordset(%(tasks)s)
+            AS (id uuid, task_type text, payload jsonb, priority int, languages jsonb, specializations jsonb,
+                labels jsonb, max_attempts int, timeout_ms bigint, idempotency_key text,
+                schedule_to_start_timeout_ms bigint)
+    ) WITH ORDINALITY AS new(id, task_type, payload, priority, languages, specializations, labels, max_attempts,
+                             timeout_ms, idempotency_key, schedule_to_start_timeout_ms, position)
     ORDER BY new.position
     ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING {_TASK_COLUMNS}
 """
 
 
-def _insert_parameters(ids: list[str], tasks: list[NewTask]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Submission:
+    """Tasks to insert in one statement (all or none), with the ids they get: made here, so that each row
+    that comes back is known to be its task's without relying on order. One tenant's, one submitter's."""
+
+    tasks: list[NewTask]
+    ids: list[str]
+
+    @classmethod
+    def of(cls, tasks: list[NewTask]) -> Submission:
+        assert len({(task.tenant, task.submitted_by) for task in tasks}) == 1, "a batch is one submitter's"
+        return cls(tasks, [str(uuid.uuid4()) for _ in tasks])
+
+
+def _insert_parameters(submission: Submission) -> dict[str, Any]:
+    tasks = submission.tasks
     return {
-        "ids": ids,
-        "task_types": [task.task_type for task in tasks],
-        "payloads": [Jsonb(task.payload) for task in tasks],
-        "priorities": [task.priority for task in tasks],
-        "languages": [Jsonb(task.requirements.languages) for task in tasks],
-        "specializations": [Jsonb(task.requirements.specializations) for task in tasks],
-        "labels": [Jsonb(task.requirements.labels) for task in tasks],
-        "max_attempts": [task.max_attempts for task in tasks],
-        "timeout_ms": [task.timeout_ms for task in tasks],
-        "idempotency_keys": [task.idempotency_key for task in tasks],
-        "schedule_to_start_timeout_ms": [task.schedule_to_start_timeout_ms for task in tasks],
+        "tasks": Jsonb(
+            [
+                {
+                    "id": task_id,
+                    "task_type": task.task_type,
+                    "payload": task.payload,
+                    "priority": task.priority,
+                    "languages": task.requirements.languages,
+                    "specializations": task.requirements.specializations,
+                    "labels": task.requirements.labels,
+                    "max_attempts": task.max_attempts,
+                    "timeout_ms": task.timeout_ms,
+                    "idempotency_key": task.idempotency_key,
+                    "schedule_to_start_timeout_ms": task.schedule_to_start_timeout_ms,
+                }
+                for task_id, task in zip(submission.ids, tasks, strict=True)
+            ]
+        ),
         "tenant": tasks[0].tenant,
         "submitted_by": tasks[0].submitted_by,
     }
@@ -139,9 +163,9 @@ _PENDING_CANDIDATES = f"""
 # routing decision is recorded (replacing one left by an attempt that was rolled back), in one statement.
 _ASSIGN = f"""
     WITH chosen AS (
-        SELECT * FROM unnest(%(ids)s::uuid[], %(agents)s::text[], %(strategies)s::text[], %(confidences)s::float8[],
-                             %(scores)s::float8[], %(explored)s::bool[], %(reasons)s::text[], %(alternatives)s::jsonb[])
-            AS c(id, agent_id, strategy, confidence, score, explored, reason, alternatives)
+        SELECT * FROM jsonb_to_recordset(%(chosen)s)
+            AS c(id uuid, agent_id text, strategy text, confidence float8, score float8, explored bool, reason text,
+                 alternatives jsonb)
     ), assigned AS (
         UPDATE tasks t
         SET state = 'assigned', assigned_agent_id = chosen.agent_id, assigned_at = clock_timestamp(),
@@ -165,12 +189,66 @@ _ASSIGN = f"""
 """
 
 
+# complete_tasks: compare-and-set on each attempt, all in one statement; returns those recorded, by (task
+# id, attempt); the others were stale or foreign and are unchanged. Rows are locked in id order, as every
+# statement that locks several tasks does, so two such statements cannot deadlock. One (task id,
+# attempt) per statement.
+_COMPLETE_TASKS = f"""
+    WITH reported AS (
+        SELECT * FROM jsonb_to_recordset(%(reported)s) AS r(id uuid, attempt int, agent_id text, result jsonb)
+    ), locked AS (
+        SELECT t.id FROM tasks t JOIN reported r USING (id)
+        WHERE t.attempt = r.attempt AND t.assigned_agent_id = r.agent_id AND t.state IN {_IN_FLIGHT}
+        ORDER BY t.id
+        FOR UPDATE OF t
+    )
+    UPDATE tasks t
+    SET state = 'completed', result = r.result, progress = 1, lease_expires_at = NULL, updated_at = now()
+    FROM reported r JOIN locked USING (id)
+    WHERE t.id = r.id AND t.attempt = r.attempt AND t.assigned_agent_id = r.agent_id AND t.state IN {_IN_FLIGHT}
+    RETURNING t.id::text AS id, t.attempt, t.task_type, t.assigned_at
+"""
+
+
+def _completion_parameters(completions: list[Completion]) -> dict[str, Any]:
+    return {
+        "reported": Jsonb(
+            [
+                {
+                    "id": completion.report.task_id,
+                    "attempt": completion.report.attempt,
+                    "agent_id": completion.report.agent_id,
+                    "result": completion.result,
+                }
+                for completion in completions
+            ]
+        )
+    }
+
+
+def _completed(rows: list[DictRow]) -> dict[tuple[str, int], CompletedAttempt]:
+    return {
+        (row["id"], row["attempt"]): CompletedAttempt(row["id"], row["attempt"], row["task_type"], row["assigned_at"])
+        for row in rows
+    }
+
+
 @dataclass(frozen=True)
 class Assigned:
     """A task just assigned by the dispatcher, and why to that agent."""
 
     task: TaskRecord
     decision: Decision
+
+
+@dataclass(frozen=True)
+class Round:
+    """What one dispatch round committed: the rows it inserted (by id), the completions it recorded and the
+    tasks it assigned."""
+
+    inserted: dict[str, TaskRecord]
+    completed: dict[tuple[str, int], CompletedAttempt]
+    assigned: list[Assigned]
 
 
 # Given the locked PENDING candidates, which to assign to whom (the rest stay PENDING).
@@ -247,29 +325,30 @@ class TaskStore:
         # gone), as they were before: these count against the agent's track record.
         self._agents_failed = agents_failed
 
-    async def insert_many(self, tasks: list[NewTask]) -> list[Submitted]:
-        """insert_tasks: all rows in one statement (all or none), in order. A task whose idempotency
-        key is taken in its tenant, by an earlier submit or earlier in this batch, resolves to the existing
-        row. Concurrent inserts with one key wait on the unique index, so only one row is made. A batch
-        is one tenant's, from one submitter."""
-        assert len({(task.tenant, task.submitted_by) for task in tasks}) == 1, "a batch is one submitter's"
-        # Made here, so that each row that comes back is known to be its task's without relying on order.
-        ids = [str(uuid.uuid4()) for _ in tasks]
+    async def insert_many(self, submission: Submission) -> dict[str, TaskRecord]:
+        """insert_tasks on its own (the dispatcher inserts submissions within its rounds instead): the rows
+        made, by id; a task whose idempotency key was taken has none (see `submitted`)."""
         async with self._pool.connection() as connection:
-            cursor = await connection.execute(_INSERT_TASKS, _insert_parameters(ids, tasks))
-            inserted = {row["id"]: _record(row) for row in await cursor.fetchall()}
-            taken_keys = [
-                task.idempotency_key for task, task_id in zip(tasks, ids, strict=True) if task_id not in inserted
-            ]
-            existing: dict[str, TaskRecord] = {}
-            if taken_keys:
+            cursor = await connection.execute(_INSERT_TASKS, _insert_parameters(submission))
+            return {row["id"]: _record(row) for row in await cursor.fetchall()}
+
+    async def submitted(self, submission: Submission, inserted: dict[str, TaskRecord]) -> list[Submitted]:
+        """Each task of an inserted submission, in order: its new row, or for one whose idempotency key was
+        taken in its tenant (by an earlier submit or earlier in the batch), the row that holds the key."""
+        tasks = submission.tasks
+        taken_keys = [
+            task.idempotency_key for task, task_id in zip(tasks, submission.ids, strict=True) if task_id not in inserted
+        ]
+        existing: dict[str, TaskRecord] = {}
+        if taken_keys:
+            async with self._pool.connection() as connection:
                 cursor = await connection.execute(
                     f"SELECT {_TASK_COLUMNS} FROM tasks WHERE tenant = %s AND idempotency_key = ANY(%s)",
                     (tasks[0].tenant, taken_keys),
                 )
                 existing = {row["idempotency_key"]: _record(row) for row in await cursor.fetchall()}
         submitted = []
-        for task, task_id in zip(tasks, ids, strict=True):
+        for task, task_id in zip(tasks, submission.ids, strict=True):
             if task_id in inserted:
                 submitted.append(Submitted(inserted[task_id], created=True))
             else:
@@ -360,46 +439,65 @@ class TaskStore:
 
     async def dispatch(
         self,
+        submissions: list[Submission],
+        completions: list[Completion],
         agent_ids: list[str],
         queries_for: Callable[[dict[str, int]], list[WorkQuery]],
         plan: AssignmentPlanner,
-    ) -> list[Assigned]:
-        """dispatch_pending_tasks: in one transaction, reads what the agents hold (`queries_for` turns that
-        into the work to look for), then locks PENDING tasks whose backoff is over, for each query up to
-        its limit of the given type that its agents can take, highest priority then oldest (SKIP LOCKED: a
-        row another orchestrator is dispatching is skipped, never taken twice); `plan` picks an agent for
-        some of them; those become ASSIGNED to it with their routing decisions. The rest stay PENDING,
-        untouched. Pipelined: three round trips to the database, whatever the number of tasks."""
+    ) -> Round:
+        """dispatch_round: in one transaction, inserts the submissions (as insert_tasks), records the
+        completions (as complete_tasks), reads what the agents hold (`queries_for` turns that into the work
+        to look for), then locks PENDING tasks whose backoff is over, for each query up to its limit of the
+        given type that its agents can take, highest priority then oldest (SKIP LOCKED: a row another
+        orchestrator is dispatching is skipped, never taken twice); `plan` picks an agent for some of them;
+        those become ASSIGNED to it with their routing decisions. The rest stay PENDING, untouched. A task
+        submitted in the round can be assigned in it: a free agent gets new work with one commit. Pipelined:
+        at most three round trips to the database, whatever the number of tasks."""
         async with self._pool.connection() as connection, connection.pipeline(), connection.transaction():
+            inserting = [
+                await connection.execute(_INSERT_TASKS, _insert_parameters(submission)) for submission in submissions
+            ]
+            completing = (
+                await connection.execute(_COMPLETE_TASKS, _completion_parameters(completions)) if completions else None
+            )
             cursor = await connection.execute(_HELD_COUNTS, (agent_ids,))
             held = {row["assigned_agent_id"]: row["held"] for row in await cursor.fetchall()}
+            inserted = {row["id"]: _record(row) for each in inserting for row in await each.fetchall()}
+            completed = _completed(await completing.fetchall()) if completing else {}
             queries = queries_for(held)
             if not queries:
-                return []
+                return Round(inserted, completed, [])
             cursor = await connection.execute(
                 _PENDING_CANDIDATES, {"queries": Jsonb([query.as_json() for query in queries])}
             )
             unique = {row["id"]: _record(row) for row in await cursor.fetchall()}
             planned = plan(list(unique.values()))
             if not planned:
-                return []
+                return Round(inserted, completed, [])
             cursor = await connection.execute(
                 _ASSIGN,
                 {
-                    "ids": [task.id for task, _ in planned],
-                    "agents": [decision.agent_id for _, decision in planned],
+                    "chosen": Jsonb(
+                        [
+                            {
+                                "id": task.id,
+                                "agent_id": decision.agent_id,
+                                "strategy": decision.strategy.value,
+                                "confidence": decision.confidence,
+                                "score": decision.score,
+                                "explored": decision.explored,
+                                "reason": decision.reason,
+                                "alternatives": _alternatives_json(decision),
+                            }
+                            for task, decision in planned
+                        ]
+                    ),
                     "lease_seconds": self._lease_seconds,
-                    "strategies": [decision.strategy.value for _, decision in planned],
-                    "confidences": [decision.confidence for _, decision in planned],
-                    "scores": [decision.score for _, decision in planned],
-                    "explored": [decision.explored for _, decision in planned],
-                    "reasons": [decision.reason for _, decision in planned],
-                    "alternatives": [Jsonb(_alternatives_json(decision)) for _, decision in planned],
                 },
             )
         # The rows arrived with the commit (the pipeline syncs when the transaction ends).
         assigned = {row["id"]: _record(row) for row in await cursor.fetchall()}
-        return [Assigned(assigned[task.id], decision) for task, decision in planned]
+        return Round(inserted, completed, [Assigned(assigned[task.id], decision) for task, decision in planned])
 
     async def with_routing(self, records: list[TaskRecord]) -> list[TaskRecord]:
         """latest_routing_decisions: each task with the decision for its latest routed attempt, if any."""
@@ -485,43 +583,10 @@ class TaskStore:
         return _record(row) if row else None
 
     async def complete_many(self, completions: list[Completion]) -> dict[tuple[str, int], CompletedAttempt]:
-        """complete_tasks: compare-and-set on each attempt, all in one statement; returns those recorded,
-        by (task id, attempt); the others were stale or foreign and are unchanged. Rows are locked in id
-        order, as every statement that locks several tasks does, so two such statements cannot deadlock.
-        One (task id, attempt) per call."""
+        """complete_tasks on its own (the dispatcher records completions within its rounds instead)."""
         async with self._pool.connection() as connection:
-            cursor = await connection.execute(
-                f"""
-                WITH reported AS (
-                    SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(agents)s::text[], %(results)s::jsonb[])
-                        AS r(id, attempt, agent_id, result)
-                ), locked AS (
-                    SELECT t.id FROM tasks t JOIN reported r USING (id)
-                    WHERE t.attempt = r.attempt AND t.assigned_agent_id = r.agent_id AND t.state IN {_IN_FLIGHT}
-                    ORDER BY t.id
-                    FOR UPDATE OF t
-                )
-                UPDATE tasks t
-                SET state = 'completed', result = r.result, progress = 1, lease_expires_at = NULL, updated_at = now()
-                FROM reported r JOIN locked USING (id)
-                WHERE t.id = r.id AND t.attempt = r.attempt AND t.assigned_agent_id = r.agent_id
-                  AND t.state IN {_IN_FLIGHT}
-                RETURNING t.id::text AS id, t.attempt, t.task_type, t.assigned_at
-                """,
-                {
-                    "ids": [completion.report.task_id for completion in completions],
-                    "attempts": [completion.report.attempt for completion in completions],
-                    "agents": [completion.report.agent_id for completion in completions],
-                    "results": [Jsonb(completion.result) for completion in completions],
-                },
-            )
-            rows = await cursor.fetchall()
-        return {
-            (row["id"], row["attempt"]): CompletedAttempt(
-                row["id"], row["attempt"], row["task_type"], row["assigned_at"]
-            )
-            for row in rows
-        }
+            cursor = await connection.execute(_COMPLETE_TASKS, _completion_parameters(completions))
+            return _completed(await cursor.fetchall())
 
     async def fail(self, report: AttemptReport, error: str, retryable: bool) -> TaskRecord | None:
         """fail_task: under a row lock, checks the attempt, then either puts the task back to PENDING

@@ -4,9 +4,10 @@
 -- notification per task type, per agent and per 200 task ids. What they record and tell is unchanged,
 -- except:
 --   arbiter_task    <task id>,<task id>,...  every task the statement changed (up to 200 per notification)
---   arbiter_slot    {"agent": ..., "by": ...} an attempt the agent held ended; "by" is the application_name
---                                             of the session that ended it, so the orchestrator that did it
---                                             (and woke its dispatcher already) can skip the notification
+--   arbiter_work    {"type": ..., "by": ...}  tasks of the type became PENDING
+--   arbiter_slot    {"agent": ..., "by": ...} an attempt the agent held ended
+-- where "by" is the application_name of the session that made the change, so the orchestrator that made
+-- it (whose dispatch round saw it already) can skip the notification.
 DROP TRIGGER record_task_change ON tasks;
 DROP FUNCTION record_task_change();
 
@@ -20,7 +21,7 @@ CREATE FUNCTION record_task_inserts() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO task_events (task_id, from_state, to_state, attempt, reason)
     SELECT id, NULL, state, attempt, 'submitted' FROM inserted_tasks;
-    PERFORM pg_notify('arbiter_work', task_type)
+    PERFORM pg_notify('arbiter_work', json_build_object('type', task_type, 'by', current_setting('application_name'))::text)
     FROM (SELECT DISTINCT task_type FROM inserted_tasks WHERE state = 'pending') pending_types;
     PERFORM notify_changed_tasks(ARRAY(SELECT id FROM inserted_tasks));
     RETURN NULL;
@@ -54,7 +55,7 @@ BEGIN
         WHERE o.state IN ('assigned', 'running') AND (n.state NOT IN ('assigned', 'running') OR n.attempt <> o.attempt)
     ) freed;
 
-    PERFORM pg_notify('arbiter_work', task_type)
+    PERFORM pg_notify('arbiter_work', json_build_object('type', task_type, 'by', current_setting('application_name'))::text)
     FROM (
         SELECT DISTINCT n.task_type FROM new_tasks n JOIN old_tasks o USING (id)
         WHERE n.state = 'pending' AND o.state <> 'pending'
