@@ -216,15 +216,15 @@ def test_the_table_keeps_candidates_between_rounds_and_follows_what_agents_hold(
     assert [decision.agent_id for _, decision in third] == ["c"]
 
 
-def test_another_round_at_once_only_after_one_that_assigned_and_left_a_slot_free() -> None:
-    def after_round(agents: list[FreeAgent], found: int) -> bool:
+def test_another_round_at_once_only_when_a_query_was_filled_and_a_slot_is_still_free() -> None:
+    def after_round(agents: list[FreeAgent], found: int, limit_reached: bool) -> bool:
         table = table_of(agents)
-        planned = plan_assignments([task(number) for number in range(found)], table, router(), lambda _: 0, FairShare())
-        return more_work_may_wait(planned, table)
+        plan_assignments([task(number) for number in range(found)], table, router(), lambda _: 0, FairShare())
+        return more_work_may_wait(limit_reached, table)
 
     # Three found and assigned: every slot is taken, the next round waits for a completion.
-    assert not after_round([agent("a", max_concurrent_tasks=3)], found=3)
-    # Nothing found: nothing to run for.
-    assert not after_round([agent("a", max_concurrent_tasks=3)], found=0)
-    # One found while two slots are free: more may be pending (e.g. behind locked rows), look again.
-    assert after_round([agent("a", max_concurrent_tasks=3)], found=1)
+    assert not after_round([agent("a", max_concurrent_tasks=3)], found=3, limit_reached=True)
+    # One found of three asked for: the queue is empty.
+    assert not after_round([agent("a", max_concurrent_tasks=3)], found=1, limit_reached=False)
+    # As many found as asked, yet a slot is free (e.g. a task answered two queries): look again.
+    assert after_round([agent("a", max_concurrent_tasks=3)], found=2, limit_reached=True)

@@ -165,7 +165,7 @@ class Dispatcher:
         if self._sessions.closing:
             profiles = []
         if not profiles and not submissions and not completions:
-            return Round({}, {}, [])
+            return Round({}, {}, [], False)
 
         def queries_for(held: dict[str, int]) -> list[WorkQuery]:
             if not profiles:
@@ -174,15 +174,15 @@ class Dispatcher:
             return work_queries(self._table.agents())
 
         def plan(candidates: list[TaskRecord]) -> list[tuple[TaskRecord, Decision]]:
-            planned = plan_assignments(
+            return plan_assignments(
                 candidates, self._table, self._router, self._directory.outcomes_of_type, self._share
             )
-            self._more_may_wait = more_work_may_wait(planned, self._table)
-            return planned
 
-        return await self._store.dispatch(
+        result = await self._store.dispatch(
             submissions, completions, [profile.id for profile in profiles], queries_for, plan
         )
+        self._more_may_wait = more_work_may_wait(result.limit_reached, self._table)
+        return result
 
     def _current_profile(self, known_at_connect: AgentProfile) -> AgentProfile:
         """The registry's latest word on the agent (the live view), or what it was when it connected if

@@ -254,9 +254,9 @@ def plan_assignments(
     return planned
 
 
-def more_work_may_wait(planned: list[tuple[TaskRecord, Decision]], table: RoutingTable) -> bool:
-    """After a round: whether to run another at once. Only if this one assigned something and an agent
-    still has a free slot (more may be PENDING, e.g. behind rows another orchestrator had locked). A round
-    that filled every slot waits for news instead (a completion, a new task), which wakes the dispatcher:
-    running again at once would only find everyone busy."""
-    return bool(planned) and any(agent.free_slots > 0 for agent in table.agents())
+def more_work_may_wait(limit_reached: bool, table: RoutingTable) -> bool:
+    """After a round: whether to run another at once. Only if some query found as many tasks as it asked
+    for (more may be PENDING) and an agent still has a free slot (e.g. the tasks went to others, or rows
+    another orchestrator had locked were skipped). Otherwise the next round waits for news (a completion,
+    a new task), which wakes the dispatcher: running again at once would find nothing new."""
+    return limit_reached and any(agent.free_slots > 0 for agent in table.agents())

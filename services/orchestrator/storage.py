@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -141,11 +142,14 @@ _HELD_COUNTS = f"""
 
 # pending_candidates: for each query, up to max_tasks PENDING tasks of its tenant and type whose backoff is
 # over and that its agents can take, highest priority then oldest, locked; rows another transaction holds
-# are skipped (SKIP LOCKED), never waited for or taken twice. A task may answer several queries.
+# are skipped (SKIP LOCKED), never waited for or taken twice. A task may answer several queries; each row
+# says which (query_index, from 1).
 _PENDING_CANDIDATES = f"""
-    SELECT {_QUALIFIED_TASK_COLUMNS}
-    FROM jsonb_to_recordset(%(queries)s) AS q(tenant text, task_type text, languages text[],
-                                               specializations text[], labels jsonb, max_tasks int)
+    SELECT q.query_index, {_QUALIFIED_TASK_COLUMNS}
+    FROM ROWS FROM (
+        jsonb_to_recordset(%(queries)s)
+            AS (tenant text, task_type text, languages text[], specializations text[], labels jsonb, max_tasks int)
+    ) WITH ORDINALITY AS q(tenant, task_type, languages, specializations, labels, max_tasks, query_index)
     CROSS JOIN LATERAL (
         SELECT * FROM tasks
         WHERE state = 'pending' AND tenant = q.tenant AND task_type = q.task_type
@@ -249,6 +253,8 @@ class Round:
     inserted: dict[str, TaskRecord]
     completed: dict[tuple[str, int], CompletedAttempt]
     assigned: list[Assigned]
+    # Some query found as many PENDING tasks as it asked for: more of them may be waiting.
+    limit_reached: bool
 
 
 # Given the locked PENDING candidates, which to assign to whom (the rest stay PENDING).
@@ -466,14 +472,17 @@ class TaskStore:
             completed = _completed(await completing.fetchall()) if completing else {}
             queries = queries_for(held)
             if not queries:
-                return Round(inserted, completed, [])
+                return Round(inserted, completed, [], False)
             cursor = await connection.execute(
                 _PENDING_CANDIDATES, {"queries": Jsonb([query.as_json() for query in queries])}
             )
-            unique = {row["id"]: _record(row) for row in await cursor.fetchall()}
+            rows = await cursor.fetchall()
+            unique = {row["id"]: _record(row) for row in rows}
+            found = Counter(row["query_index"] for row in rows)
+            limit_reached = any(found[index] >= query.max_tasks for index, query in enumerate(queries, start=1))
             planned = plan(list(unique.values()))
             if not planned:
-                return Round(inserted, completed, [])
+                return Round(inserted, completed, [], limit_reached)
             cursor = await connection.execute(
                 _ASSIGN,
                 {
@@ -497,7 +506,8 @@ class TaskStore:
             )
         # The rows arrived with the commit (the pipeline syncs when the transaction ends).
         assigned = {row["id"]: _record(row) for row in await cursor.fetchall()}
-        return Round(inserted, completed, [Assigned(assigned[task.id], decision) for task, decision in planned])
+        assigned_now = [Assigned(assigned[task.id], decision) for task, decision in planned]
+        return Round(inserted, completed, assigned_now, limit_reached)
 
     async def with_routing(self, records: list[TaskRecord]) -> list[TaskRecord]:
         """latest_routing_decisions: each task with the decision for its latest routed attempt, if any."""
