@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+BENCH_INSTALLED := $(VENV)/.bench-installed
+BENCH_ARGS ?=
 PROTO_FILES := $(wildcard proto/arbiter/v1/*.proto)
 ROLE ?= submitter
 
@@ -46,10 +48,16 @@ run: $(INSTALLED) proto
 migrate: $(INSTALLED)
 	$(VENV)/bin/arbiter migrate
 
-# Routing one task among 1,000 candidates, per strategy; writes bench/results/routing.json and fails when a
-# strategy's median Router.choose() reaches 1 ms.
-bench: $(INSTALLED)
-	$(PY) -m bench.routing
+# The peers (Celery, procrastinate) and matplotlib, only for the benchmark.
+$(BENCH_INSTALLED): $(INSTALLED) bench/requirements.txt
+	$(PY) -m pip install --quiet -r bench/requirements.txt
+	touch $@
+
+# Issue 7: Arbiter, its peers and the bare-SQL floor side by side (medians of 3), the scale scenario and
+# the routing micro-benchmark (which fails the run when a strategy's median Router.choose() reaches 1 ms);
+# writes bench/results/latest.{json,md,png}. A quick run: make bench BENCH_ARGS="--tasks 2000 --repetitions 1"
+bench: $(BENCH_INSTALLED)
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 # make keys ROLE=viewer: creates an API key for the role and prints it once.
 keys: $(INSTALLED)
