@@ -37,9 +37,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from typing import Any
@@ -196,7 +197,7 @@ def database_figures() -> dict[str, Any]:
     """After the run: task states and the orchestrator's own last completion time, as a cross-check on
     the side channel (updated_at is set when a task completes)."""
     with psycopg.connect(DATABASE_URL) as connection:
-        states = dict(connection.execute("SELECT state, count(*) FROM tasks GROUP BY state").fetchall())
+        states: dict[str, int] = dict(connection.execute("SELECT state, count(*) FROM tasks GROUP BY state").fetchall())
         row = connection.execute(
             "SELECT extract(epoch FROM max(updated_at)) FROM tasks WHERE state = 'completed'"
         ).fetchone()
@@ -249,10 +250,10 @@ def agent_process(index: int, agent_key: str, record_dir: str, completed: Synchr
     side_channel.flush()
 
 
-def start_agents(agent_key: str, record_dir: Path, completed: Synchronized[int]) -> list[multiprocessing.Process]:
+def start_agents(agent_key: str, record_dir: Path, completed: Synchronized[int]) -> list[BaseProcess]:
     # spawn, not fork: the driver holds gRPC channels, which do not survive a fork.
     context = multiprocessing.get_context("spawn")
-    agents = [
+    agents: list[BaseProcess] = [
         context.Process(target=agent_process, args=(index, agent_key, str(record_dir), completed), daemon=True)
         for index in range(AGENT_PROCESSES)
     ]
@@ -261,7 +262,7 @@ def start_agents(agent_key: str, record_dir: Path, completed: Synchronized[int])
     return agents
 
 
-def stop_agents(agents: list[multiprocessing.Process]) -> None:
+def stop_agents(agents: Sequence[BaseProcess]) -> None:
     for process in agents:
         if process.is_alive():
             os.kill(process.pid, signal.SIGTERM)  # type: ignore[arg-type]

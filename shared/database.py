@@ -45,6 +45,9 @@ async def open_pool(url: str, min_size: int, max_size: int, name: str, applicati
             "autocommit": True,
             # PostgreSQL keeps 63 bytes of it.
             "application_name": (application_name or name)[:63],
+            # Short statements on small row sets: compiling them (JIT) costs far more than it saves, e.g.
+            # 25 ms on a 0.1 ms claim whose plan merely looks expensive.
+            "options": "-c jit=off",
         },
         name=name,
         timeout=CONNECTION_WAIT_SECONDS,

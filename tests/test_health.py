@@ -18,8 +18,18 @@ async def wait_for_status(address: str, service: str, expected: int, timeout: fl
     async with grpc.aio.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         async with asyncio.timeout(timeout):
-            while (await stub.Check(health_pb2.HealthCheckRequest(service=service))).status != expected:
+            while await status_of(stub, service) != expected:
                 await asyncio.sleep(0.05)
+
+
+async def status_of(stub: health_pb2_grpc.HealthStub, service: str) -> int | None:
+    """The service's status; None while the server has not set one yet (NOT_FOUND), just after it started."""
+    try:
+        return (await stub.Check(health_pb2.HealthCheckRequest(service=service))).status
+    except grpc.aio.AioRpcError as error:
+        if error.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        return None
 
 
 def block_connections(postgres: PostgresForTests, database_url: str, blocked: bool) -> None:

@@ -176,7 +176,7 @@ async def run_throughput(system: PeerSystem, tasks: int, record_dir: Path, log_d
             submitted_ns = time.time_ns()
             await wait_for_count(completed, WARMUP_TASKS + tasks)
     finally:
-        stop_agents(workers)  # type: ignore[arg-type]
+        stop_agents(workers)
     ends = measured(side_channel.merge(record_dir).get("end", {}), tasks)
     return {
         "seconds": (max(ends.values()) - first_submit_ns) / 1e9,
@@ -195,7 +195,7 @@ async def run_drain(system: PeerSystem, tasks: int, record_dir: Path, log_dir: P
     try:
         await wait_for_count(completed, tasks)
     finally:
-        stop_agents(workers)  # type: ignore[arg-type]
+        stop_agents(workers)
     events = side_channel.merge(record_dir)
     serving_ns = min(events["serve"].values())
     last_end_ns = max(measured(events.get("end", {}), tasks).values())
@@ -247,7 +247,7 @@ async def run_latency(
             await asyncio.gather(*list(sends))
             await wait_for_count(completed, WARMUP_TASKS + tasks - len(failed))
     finally:
-        stop_agents(workers)  # type: ignore[arg-type]
+        stop_agents(workers)
     for key in failed:
         scheduled_ns.pop(key)
     starts = measured(side_channel.merge(record_dir)["start"], scheduled_ns)

@@ -75,6 +75,9 @@ class Dispatcher:
         # Callers' submissions and completions for the next round.
         self._waiting: list[_Waiting] = []
         self._running = False
+        # Set while rounds fail (e.g. the database is down): callers then go on their own, so each waits
+        # for its own attempt only, not behind a failing round and the retry pause after it.
+        self._failing = False
 
     def wake(self) -> None:
         """There may be work for a connected agent (new task, free slot, changed agent, ended backoff)."""
@@ -88,15 +91,15 @@ class Dispatcher:
         """Inserts the tasks in the next round, where any a free agent can take are assigned in the same
         transaction; returns the rows made, by id. Raises what the round's transaction raised, if it failed
         (nothing of it is kept)."""
-        if not self._running:
-            # Starting up or shutting down: no rounds run, so insert them on their own.
+        if not self._running or self._failing:
+            # Starting up, shutting down or failing rounds: insert them on their own.
             return await self._store.insert_many(submission)
         return (await self._in_next_round(_Waiting(submission=submission))).inserted
 
     async def complete(self, completions: list[Completion]) -> dict[tuple[str, int], CompletedAttempt]:
         """Records the completions in the next round, where the slots they free are filled in the same
         transaction; returns those recorded (the others were stale or foreign). Raises as `insert` does."""
-        if not self._running:
+        if not self._running or self._failing:
             return await self._store.complete_many(completions)
         return (await self._in_next_round(_Waiting(completions=completions))).completed
 
@@ -125,8 +128,10 @@ class Dispatcher:
                 await self.dispatch_once()
             except Exception as error:  # the dispatcher must outlive any one failure
                 logger.warning("dispatch round failed; retrying: %s", error)
+                self._failing = True
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
+            self._failing = False
             if self._more_may_wait:
                 continue
             # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow a cancellation that

@@ -154,9 +154,12 @@ _PENDING_CANDIDATES = f"""
         SELECT * FROM tasks
         WHERE state = 'pending' AND tenant = q.tenant AND task_type = q.task_type
           AND (not_before IS NULL OR not_before <= now())
-          AND required_languages <@ q.languages
-          AND required_specializations <@ q.specializations
-          AND required_labels <@ q.labels
+          -- Most tasks require nothing, and saying so first lets the planner see how many rows qualify:
+          -- it reads the index in claim order and stops at the LIMIT. With the containment tests alone
+          -- (which it cannot estimate) it expected one row, and read and sorted every pending row.
+          AND (required_languages = '{{}}' OR required_languages <@ q.languages)
+          AND (required_specializations = '{{}}' OR required_specializations <@ q.specializations)
+          AND (required_labels = '{{}}' OR required_labels <@ q.labels)
         ORDER BY priority DESC, created_at, id
         LIMIT q.max_tasks
         FOR UPDATE SKIP LOCKED
