@@ -440,12 +440,6 @@ class TaskStore:
             row = await cursor.fetchone()
         return _record(row) if row else None
 
-    async def held_counts(self, agent_ids: list[str]) -> dict[str, int]:
-        """count_held_by_agent: in-flight attempts per agent, for the agents given (absent means none)."""
-        async with self._pool.connection() as connection:
-            cursor = await connection.execute(_HELD_COUNTS, (agent_ids,))
-            return {row["assigned_agent_id"]: row["held"] for row in await cursor.fetchall()}
-
     async def dispatch(
         self,
         submissions: list[Submission],
