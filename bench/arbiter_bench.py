@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing.process import BaseProcess
@@ -365,9 +365,7 @@ async def run_latency(stack: Stack, tasks: int, record_dir: Path, rate: float = 
 
     completed = multiprocessing.get_context("spawn").Value("q", 0)
     agents = start_agents(stack.agent_key, record_dir, completed)
-    scheduled_ns: dict[str, int] = {}
     failed: dict[str, str] = {}
-    late_sends = 0
     try:
         # A long deadline: when the system falls behind the schedule, its queue shows up as latency
         # rather than as refused calls.
@@ -376,7 +374,6 @@ async def run_latency(stack: Stack, tasks: int, record_dir: Path, rate: float = 
         ) as client:
             await warm_up(client, completed)
             cpu_before = cpu_seconds(stack)
-            loop = asyncio.get_running_loop()
 
             async def submit(key: str) -> None:
                 try:
@@ -384,31 +381,59 @@ async def run_latency(stack: Stack, tasks: int, record_dir: Path, rate: float = 
                 except ArbiterError as error:
                     failed[key] = str(error)
 
-            sends: set[asyncio.Task[Any]] = set()
-            origin_ns, origin = time.time_ns() + 50_000_000, loop.time() + 0.05
-            for number in range(tasks):
-                offset = number / rate
-                delay = origin + offset - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                elif delay < -0.001:
-                    late_sends += 1
-                key = str(number)
-                # Latency counts from the scheduled time, so a late send is charged to the system.
-                scheduled_ns[key] = origin_ns + int(offset * 1e9)
-                send = asyncio.create_task(submit(key))
-                sends.add(send)
-                send.add_done_callback(sends.discard)
-            await asyncio.gather(*list(sends))
+            scheduled_ns, late_sends = await send_open_loop(tasks, rate, submit)
             # A refused submit may still have stored its task, so wait for those that surely were.
             await wait_for_count(completed, WARMUP_TASKS + tasks - len(failed))
             cpu_after = cpu_seconds(stack)
     finally:
         stop_agents(agents)
+    figures = latency_figures(scheduled_ns, failed, late_sends, rate, record_dir, completion_times_ns())
+    figures["extra"]["cpu_ms_per_task"] = cpu_ms_per_task(cpu_before, cpu_after, record_dir, tasks)
+    return figures
+
+
+async def send_open_loop(
+    tasks: int, rate: float, submit: Callable[[str], Coroutine[Any, Any, None]]
+) -> tuple[dict[str, int], int]:
+    """Sends tasks "0", "1", … at `rate` per second on a fixed schedule, whether or not earlier sends
+    returned (open loop: no coordinated omission); waits for every send. Returns each task's scheduled
+    time (wall-clock ns) and how many sends left over 1 ms late."""
+    loop = asyncio.get_running_loop()
+    scheduled_ns: dict[str, int] = {}
+    late_sends = 0
+    sends: set[asyncio.Task[None]] = set()
+    origin_ns, origin = time.time_ns() + 50_000_000, loop.time() + 0.05
+    for number in range(tasks):
+        offset = number / rate
+        delay = origin + offset - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -0.001:
+            late_sends += 1
+        key = str(number)
+        # Latency counts from the scheduled time, so a late send is charged to the system.
+        scheduled_ns[key] = origin_ns + int(offset * 1e9)
+        send = asyncio.create_task(submit(key))
+        sends.add(send)
+        send.add_done_callback(sends.discard)
+    await asyncio.gather(*list(sends))
+    return scheduled_ns, late_sends
+
+
+def latency_figures(
+    scheduled_ns: dict[str, int],
+    failed: dict[str, str],
+    late_sends: int,
+    rate: float,
+    record_dir: Path,
+    completion_times: dict[str, int],
+) -> dict[str, Any]:
+    """Percentiles from each task's scheduled time to its handler's start (side channel) and to its
+    completion as the system recorded it; refused submits are left out and counted."""
     for key in failed:
         scheduled_ns.pop(key)
     starts = measured(side_channel.merge(record_dir)["start"], scheduled_ns)
-    completions = measured(completion_times_ns(), scheduled_ns)
+    completions = measured(completion_times, scheduled_ns)
     to_start = sorted((starts[key] - at) / 1e6 for key, at in scheduled_ns.items())
     to_end = sorted((completions[key] - at) / 1e6 for key, at in scheduled_ns.items())
     return {
@@ -421,7 +446,6 @@ async def run_latency(stack: Stack, tasks: int, record_dir: Path, rate: float = 
             "failed_submit_example": next(iter(failed.values()), ""),
             "schedule_to_start_ms": {**percentiles(to_start), "max_ms": to_start[-1]},
             "submit_to_completion_ms": {**percentiles(to_end), "max_ms": to_end[-1]},
-            "cpu_ms_per_task": cpu_ms_per_task(cpu_before, cpu_after, record_dir, tasks),
         },
     }
 

@@ -42,8 +42,9 @@ from bench.arbiter_bench import (
     LATENCY_RATE,
     LATENCY_SUBMIT_TIMEOUT,
     WARMUP_TASKS,
+    latency_figures,
     measured,
-    percentiles,
+    send_open_loop,
     stop_agents,
     wait_for_count,
 )
@@ -215,13 +216,10 @@ async def run_latency(
 ) -> dict[str, Any]:
     completed = new_counter()
     workers = system.start_workers(record_dir, log_dir, completed)
-    scheduled_ns: dict[str, int] = {}
     failed: dict[str, str] = {}
-    late_sends = 0
     try:
         async with system.submitter() as submitter:
             await warm_up(submitter, completed)
-            loop = asyncio.get_running_loop()
 
             async def submit(key: str) -> None:
                 try:
@@ -229,43 +227,11 @@ async def run_latency(
                 except Exception as error:  # a refused submit is counted and shown, not fatal
                     failed[key] = f"{type(error).__name__}: {error}"
 
-            sends: set[asyncio.Task[Any]] = set()
-            origin_ns, origin = time.time_ns() + 50_000_000, loop.time() + 0.05
-            for number in range(tasks):
-                offset = number / rate
-                delay = origin + offset - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                elif delay < -0.001:
-                    late_sends += 1
-                key = str(number)
-                # Latency counts from the scheduled time, so a late send is charged to the system.
-                scheduled_ns[key] = origin_ns + int(offset * 1e9)
-                send = asyncio.create_task(submit(key))
-                sends.add(send)
-                send.add_done_callback(sends.discard)
-            await asyncio.gather(*list(sends))
+            scheduled_ns, late_sends = await send_open_loop(tasks, rate, submit)
             await wait_for_count(completed, WARMUP_TASKS + tasks - len(failed))
     finally:
         stop_agents(workers)
-    for key in failed:
-        scheduled_ns.pop(key)
-    starts = measured(side_channel.merge(record_dir)["start"], scheduled_ns)
-    completions = measured(system.completion_times_ns(record_dir), scheduled_ns)
-    to_start = sorted((starts[key] - at) / 1e6 for key, at in scheduled_ns.items())
-    to_end = sorted((completions[key] - at) / 1e6 for key, at in scheduled_ns.items())
-    return {
-        "seconds": (max(completions.values()) - min(scheduled_ns.values())) / 1e9,
-        **percentiles(to_start),
-        "extra": {
-            "rate": rate,
-            "sends_late_by_over_1ms": late_sends,
-            "failed_submits": len(failed),
-            "failed_submit_example": next(iter(failed.values()), ""),
-            "schedule_to_start_ms": {**percentiles(to_start), "max_ms": to_start[-1]},
-            "submit_to_completion_ms": {**percentiles(to_end), "max_ms": to_end[-1]},
-        },
-    }
+    return latency_figures(scheduled_ns, failed, late_sends, rate, record_dir, system.completion_times_ns(record_dir))
 
 
 SCENARIOS = {"throughput": run_throughput, "drain": run_drain, "latency": run_latency}
