@@ -92,6 +92,8 @@ class _Attempt:
     # Why the handler was cancelled: the orchestrator took the attempt back, or the agent is stopping.
     revoked_because: str = ""
     stopping: bool = False
+    # Assigned after this agent began draining: given back unstarted.
+    arrived_while_draining: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -259,6 +261,9 @@ class Agent:
                 receiving.result()  # a fatal error: raise it
             # DRAINING first, so the orchestrator leaves this agent's tasks with it when the stream closes.
             await self._heartbeat_once()
+            # The stream stays open while held tasks finish: their cancellations still arrive, and a task
+            # routed here before the orchestrator saw DRAINING arrives and is given back, not lost.
+            await self._wait_for_held_tasks()
             receiving.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await receiving
@@ -407,6 +412,7 @@ class Agent:
         for older in [attempt for (held_id, _), attempt in self._held.items() if held_id == task_id]:
             self._revoke(task_id, older.attempt, f"superseded by attempt {assignment.attempt}")
         attempt = _Attempt(task_id, assignment.task.task_type, assignment.attempt, _lease_end(assignment))
+        attempt.arrived_while_draining = self._draining.is_set()
         self._held[(task_id, attempt.attempt)] = attempt
         attempt.runner = asyncio.create_task(self._run(attempt, assignment))
 
@@ -425,6 +431,11 @@ class Agent:
     async def _run(self, attempt: _Attempt, assignment: opb.Assignment) -> None:
         lease_keeper: asyncio.Task[None] | None = None
         try:
+            if attempt.arrived_while_draining and not attempt.revoked_because:
+                await self._fail(
+                    attempt, f"agent '{self.id}' is draining: it gave the task back without starting it", retryable=True
+                )
+                return
             async with self._slots:
                 if attempt.revoked_because:
                     return

@@ -15,7 +15,19 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
-from arbiter import Agent, AgentInfo, AgentStatus, ArbiterError, Client, Task, TaskSpec, TaskState, WaitTimeout
+from arbiter import (
+    Agent,
+    AgentInfo,
+    AgentStatus,
+    ArbiterError,
+    Client,
+    Task,
+    TaskInfo,
+    TaskSpec,
+    TaskState,
+    WaitTimeout,
+)
+from services.orchestrator.domain import AgentProfile
 from shared.api_keys import Role
 from tests.support.processes import ServiceProcesses
 from tests.support.sdk_agent import events_of, start_sdk_agent, wait_for, wait_for_event, wait_for_exit
@@ -175,6 +187,14 @@ async def test_a_handler_raising_permanent_error_fails_the_task_at_once_with_its
     assert len(events_of(agent, "started", task.id)) == 1
 
 
+async def wait_until_registered_as_draining(client: Client, agent: AgentProcess) -> None:
+    async def registered_as_draining() -> AgentInfo | None:
+        registered = await client.get_agent(agent.agent_id)
+        return registered if registered.status == AgentStatus.DRAINING else None
+
+    await wait_for(registered_as_draining, "the registry to show the agent DRAINING", agent=agent)
+
+
 @e2e
 async def test_sigterm_drains_the_agent_it_takes_no_new_work_finishes_its_task_and_exits_0(
     client: Client, start_agent: Callable[[str, int], AgentProcess]
@@ -186,11 +206,7 @@ async def test_sigterm_drains_the_agent_it_takes_no_new_work_finishes_its_task_a
 
     agent.process.send_signal(signal.SIGTERM)
 
-    async def registered_as_draining() -> AgentInfo | None:
-        registered = await client.get_agent("sdk-draining")
-        return registered if registered.status == AgentStatus.DRAINING else None
-
-    await wait_for(registered_as_draining, "the registry to show the agent DRAINING", agent=agent)
+    await wait_until_registered_as_draining(client, agent)
     late = await client.submit("work", {"value": "late"})
     assert events_of(agent, "finished", slow.id) == [], "the slow task must still be running"
 
@@ -201,6 +217,50 @@ async def test_sigterm_drains_the_agent_it_takes_no_new_work_finishes_its_task_a
     late_now = await client.get(late.id)
     assert (late_now.state, late_now.assigned_agent_id) == (TaskState.PENDING, "")
     assert events_of(agent, "started", late.id) == []
+
+
+async def test_a_draining_agent_gives_back_unstarted_a_task_routed_to_it_before_the_orchestrator_knew(
+    stack: Stack, inprocess_client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The orchestrator learns of DRAINING from the registry's feed, a moment after the registry: a task
+    routed meanwhile reaches the agent, which gives it back instead of running it."""
+    agent = start_sdk_agent(stack, "sdk-draining-late", 2, tmp_path)
+    try:
+        slow = await inprocess_client.submit("slow", {"ms": 1500})
+        await wait_for_event(agent, "started", slow.id)
+        directory = stack.orchestrator_app.orchestrator.directory
+
+        async def in_the_orchestrators_view() -> AgentProfile | None:
+            return next((each for each in directory.agents() if each.id.endswith("/sdk-draining-late")), None)
+
+        # The feed's lag, held open: the orchestrator keeps seeing the agent as it was before draining.
+        view_before_draining = await wait_for(in_the_orchestrators_view, "the orchestrator to learn of the agent")
+        qualified_id = view_before_draining.id
+        real_get = directory.get
+        monkeypatch.setattr(
+            directory, "get", lambda agent_id: view_before_draining if agent_id == qualified_id else real_get(agent_id)
+        )
+
+        agent.process.send_signal(signal.SIGTERM)
+
+        await wait_until_registered_as_draining(inprocess_client, agent)
+        late = await inprocess_client.submit("work", {"value": "late"})
+
+        async def given_back_once() -> TaskInfo | None:
+            task = await inprocess_client.get(late.id)
+            return task if task.attempt > 1 else None
+
+        given_back = await wait_for(given_back_once, "the agent to give the late task back", agent=agent)
+        monkeypatch.undo()  # the feed catches up: no second routing to the draining agent
+        assert (given_back.state, given_back.attempt, given_back.assigned_agent_id) == (TaskState.PENDING, 2, "")
+        assert "draining" in given_back.error
+        assert events_of(agent, "started", late.id) == []
+        done = await inprocess_client.wait(slow.id, timeout=WAIT_SECONDS)
+        assert (done.state, done.result) == (TaskState.COMPLETED, {"agent": "sdk-draining-late"})
+        assert await wait_for_exit(agent) == 0
+    finally:
+        agent.stop()
+        print(agent.report())
 
 
 # Client, against the services in this event loop.

@@ -338,14 +338,18 @@ class Orchestrator:
                     await self._store.open_stream(agent_id, stream_id, self.instance_id)
                     held = await self._store.renew_held(agent_id)
                 for task in held:
+                    session.sending = task
                     yield task
+                session.sending = None
                 self.dispatcher.wake()
                 while not self.sessions.closing:
                     session.wakeup.clear()
                     for cancellation in session.take_cancellations():
                         yield cancellation
                     for task in session.take_assignments():
+                        session.sending = task
                         yield task
+                    session.sending = None
                     self._raise_if_superseded(session, agent_id)
                     if agent_id in self.directory.removed:
                         raise NotFound(
@@ -358,7 +362,7 @@ class Orchestrator:
                     yield cancellation
                 yield OrchestratorDraining(f"orchestrator {self.instance_id} is shutting down; reconnect")
             finally:
-                session.closed = True
+                session.close()
                 logger.info("agent %s disconnected", agent_id)
                 # Shielded: the stream's own cancellation must not cut the release short.
                 await asyncio.shield(self._stream_closed(session, stream_id))
@@ -376,16 +380,25 @@ class Orchestrator:
             # The agent's newer stream here has (or is about to have) its row: never release.
             return
         release_reason: str | None = f"the assignment stream of agent '{tenancy.plain(agent_id)}' closed"
+        release_only: set[tuple[str, int]] | None = None
         try:
             # The registry itself, not the live view: an agent heartbeats DRAINING just before it
-            # closes its stream, and the view may be a moment behind.
+            # closes its stream, and the view may be a moment behind, so a round may have routed a
+            # task to it meanwhile. The agent keeps what it holds; what it never got goes back.
             if (await self._registry.get_agent(agent_id)).draining:
-                release_reason = None
+                release_only = {(task.id, task.attempt) for task in session.unsent}
+                release_reason = (
+                    f"agent '{tenancy.plain(agent_id)}' began draining before the task reached it"
+                    if release_only
+                    else None
+                )
         except ArbiterError as error:
             logger.info("releasing agent %s's tasks without its status (%s)", agent_id, error)
         try:
             async with self.dispatcher.lock:
-                released = await self._store.close_stream(agent_id, stream_id, release_reason)
+                released = await self._store.close_stream(
+                    agent_id, stream_id, release_reason, only=release_only, agent_failed=release_only is None
+                )
         except psycopg.Error as error:
             logger.warning("could not release agent %s's tasks; their leases will: %s", agent_id, error)
             return

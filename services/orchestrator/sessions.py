@@ -22,6 +22,11 @@ class AgentSession:
     cancellations: list[AttemptCancellation] = field(default_factory=list)
     # Tasks the dispatcher assigned to this agent, to send next.
     assignments: list[TaskRecord] = field(default_factory=list)
+    # The task being written to the stream: if the stream ends there, the agent may never have read it.
+    sending: TaskRecord | None = None
+    # Assigned to this agent but never sent on this stream (queued, being written, or routed to it
+    # just as it closed). A draining agent will not reconnect for them, so they are released.
+    unsent: list[TaskRecord] = field(default_factory=list)
 
     def take_cancellations(self) -> list[AttemptCancellation]:
         taken, self.cancellations = self.cancellations, []
@@ -30,6 +35,14 @@ class AgentSession:
     def take_assignments(self) -> list[TaskRecord]:
         taken, self.assignments = self.assignments, []
         return taken
+
+    def close(self) -> None:
+        """The stream ended: what was queued or being written counts as never sent."""
+        self.closed = True
+        if self.sending is not None:
+            self.unsent.append(self.sending)
+            self.sending = None
+        self.unsent.extend(self.take_assignments())
 
 
 class AgentSessions:
@@ -74,7 +87,10 @@ class AgentSessions:
         """Queues an assignment on the agent's stream; False when the agent has no stream here (any
         more): the task stays assigned to it, and its reconnect re-sends it or its release frees it."""
         session = self._sessions.get(agent_id)
-        if session is None or session.closed:
+        if session is None:
+            return False
+        if session.closed:
+            session.unsent.append(task)
             return False
         session.assignments.append(task)
         session.wakeup.set()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -779,11 +779,17 @@ class TaskStore:
             )
 
     async def close_stream(
-        self, agent_id: str, stream_id: str, release_reason: str | None, *, agent_failed: bool = True
+        self,
+        agent_id: str,
+        stream_id: str,
+        release_reason: str | None,
+        *,
+        agent_failed: bool = True,
+        only: Collection[tuple[str, int]] | None = None,
     ) -> list[TaskRecord]:
         """close_agent_stream: forgets the stream if it is still the agent's latest and, given a reason,
-        releases what the agent holds in the same transaction. A stream a newer one replaced releases
-        nothing: the agent is connected again."""
+        releases what the agent holds in the same transaction (given `only`, just those attempts).
+        A stream a newer one replaced releases nothing: the agent is connected again."""
         async with self._pool.connection() as connection, connection.transaction():
             cursor = await connection.execute(
                 "DELETE FROM agent_streams WHERE agent_id = %s AND stream_id = %s RETURNING agent_id",
@@ -801,6 +807,8 @@ class TaskStore:
                 (agent_id,),
             )
             tasks = [_record(row) for row in await cursor.fetchall()]
+            if only is not None:
+                tasks = [task for task in tasks if (task.id, task.attempt) in only]
             ended = await _end_attempts(connection, tasks, lambda task: release_reason, retryable=True, backoff=False)
         if tasks and agent_failed:
             self._agents_failed(tasks)

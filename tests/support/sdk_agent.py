@@ -44,6 +44,7 @@ from tests.support.stub_agent import REPO_ROOT, AgentProcess, EventLog
 
 if TYPE_CHECKING:
     from tests.support.processes import ServiceProcesses
+    from tests.support.stack import Stack
 
 
 def build_agent(options: argparse.Namespace, key: str, events: EventLog) -> Agent:
@@ -145,9 +146,14 @@ Found = TypeVar("Found")
 
 
 def start_sdk_agent(
-    services: ServiceProcesses, agent_id: str, concurrency: int, directory: Path, orchestrator: str | None = None
+    services: ServiceProcesses | Stack,
+    agent_id: str,
+    concurrency: int,
+    directory: Path,
+    orchestrator: str | None = None,
 ) -> AgentProcess:
-    """Starts the agent against `orchestrator` (a gRPC target; services.orchestrator_address if None); its
+    """Starts the agent against `orchestrator` (a gRPC target; services.orchestrator_address if None), with
+    the services as subprocesses or in the test's event loop; its
     events go to <agent_id>.events.jsonl and its stdout and stderr to <agent_id>.log."""
     from shared.api_keys import Role
 
