@@ -147,6 +147,7 @@ class Agent:
         specializations: Iterable[str] = (),
         labels: dict[str, str] | None = None,
         max_concurrent_tasks: int = 1,
+        prefetch_tasks: int = 0,
         registry: str | None = None,
         orchestrator: str | None = None,
         api_key: str | None = None,
@@ -158,9 +159,13 @@ class Agent:
         """Addresses and key not given come from ARBITER_REGISTRY_TARGET (or ARBITER_REGISTRY_ADDR),
         ARBITER_ORCHESTRATOR_ADDR and ARBITER_API_KEY; the addresses default to 127.0.0.1:50051/50052.
         Plaintext unless TLS is asked for, as in `Client`: `tls=True`, `tls_ca`, `tls_client_cert` and
-        `tls_client_key`, or ARBITER_TLS_CA, ARBITER_TLS_CLIENT_CERT and ARBITER_TLS_CLIENT_KEY."""
+        `tls_client_key`, or ARBITER_TLS_CA, ARBITER_TLS_CLIENT_CERT and ARBITER_TLS_CLIENT_KEY.
+        `prefetch_tasks` assignments beyond `max_concurrent_tasks` wait here for a free slot (their leases
+        kept meanwhile), so the next task is already here when one finishes: worth it for many short tasks."""
         if max_concurrent_tasks < 1:
             raise ValueError(f"max_concurrent_tasks must be at least 1; got {max_concurrent_tasks}")
+        if prefetch_tasks < 0:
+            raise ValueError(f"prefetch_tasks must be 0 or more; got {prefetch_tasks}")
         self.id = id
         self.name = name or id
         self.model_family = model_family
@@ -168,6 +173,7 @@ class Agent:
         self.specializations = list(specializations)
         self.labels = dict(labels or {})
         self.max_concurrent_tasks = max_concurrent_tasks
+        self.prefetch_tasks = prefetch_tasks
         self.registry_address = registry or settings.registry_address()
         self.orchestrator_address = orchestrator or settings.orchestrator_address()
         self._metadata = key_metadata(settings.api_key(api_key))
@@ -298,6 +304,7 @@ class Agent:
                 labels=self.labels,
             ),
             max_concurrent_tasks=self.max_concurrent_tasks,
+            prefetch_tasks=self.prefetch_tasks,
         )
 
     async def _register(self) -> None:
@@ -436,6 +443,8 @@ class Agent:
                     attempt, f"agent '{self.id}' is draining: it gave the task back without starting it", retryable=True
                 )
                 return
+            # From arrival: a prefetched attempt waiting for a slot keeps its lease too.
+            lease_keeper = asyncio.create_task(self._keep_lease(attempt))
             async with self._slots:
                 if attempt.revoked_because:
                     return
@@ -451,7 +460,6 @@ class Agent:
                     return
                 task = Task(assignment, lambda fraction, message: self._report_progress(attempt, fraction, message))
                 attempt.handler_task = asyncio.create_task(handler(task))
-                lease_keeper = asyncio.create_task(self._keep_lease(attempt))
                 await asyncio.wait({attempt.handler_task})
                 lease_keeper.cancel()
             # The slot is free once the handler is done: the next assignment (which the orchestrator sends
@@ -574,7 +582,7 @@ class Agent:
             await asyncio.sleep(0)
 
     async def _keep_lease(self, attempt: _Attempt) -> None:
-        """Extends the lease at a third of its remaining time while the handler runs."""
+        """Extends the lease at a third of its remaining time while the attempt is held, queued or running."""
         while True:
             remaining = 30.0
             if attempt.lease_expires_at is not None:

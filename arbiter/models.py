@@ -296,6 +296,8 @@ class AgentInfo:
     degraded_reason: str = ""
     # The tenant the agent belongs to (the tenant of the key that registered it).
     tenant: str = ""
+    # Assignments it queues beyond max_concurrent_tasks.
+    prefetch_tasks: int = 0
 
     def performance_on(self, task_type: str) -> TaskTypePerformance | None:
         """The agent's record on one task type; None for a type it neither offers nor has done."""
@@ -315,6 +317,7 @@ class AgentInfo:
             specializations=list(capabilities.specializations),
             labels=dict(capabilities.labels),
             max_concurrent_tasks=agent.max_concurrent_tasks,
+            prefetch_tasks=agent.prefetch_tasks,
             active_tasks=agent.load.active_tasks,
             utilization=agent.load.utilization,
             success_rate=performance.success_rate,

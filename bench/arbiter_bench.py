@@ -60,6 +60,9 @@ TASK_TYPE = "bench-noop"
 
 AGENT_PROCESSES = 2
 AGENT_CONCURRENCY = 4
+# Queued beyond the running slots: 4 + 12 = 16 held per process, what Celery's default prefetch
+# (worker_prefetch_multiplier 4 × concurrency 4) reserves per worker in the same run.
+AGENT_PREFETCH = 12
 BATCH_SIZE = 500
 DEFAULT_TASKS = {"throughput": 20_000, "drain": 20_000, "latency": 4_000}
 LATENCY_RATE = 200.0
@@ -228,6 +231,7 @@ def agent_process(index: int, agent_key: str, record_dir: str, completed: Synchr
         orchestrator=ORCHESTRATOR_ADDRESS,
         api_key=agent_key,
         max_concurrent_tasks=AGENT_CONCURRENCY,
+        prefetch_tasks=AGENT_PREFETCH,
     )
 
     @agent.handler(TASK_TYPE)

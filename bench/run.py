@@ -37,7 +37,15 @@ from typing import Any
 import psycopg
 
 from bench import report
-from bench.arbiter_bench import AGENT_CONCURRENCY, AGENT_PROCESSES, BATCH_SIZE, DEFAULT_TASKS, LATENCY_RATE, SERVER_URL
+from bench.arbiter_bench import (
+    AGENT_CONCURRENCY,
+    AGENT_PREFETCH,
+    AGENT_PROCESSES,
+    BATCH_SIZE,
+    DEFAULT_TASKS,
+    LATENCY_RATE,
+    SERVER_URL,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SYSTEMS = ("arbiter", "celery-redis", "celery-redis-acks-late", "procrastinate", "sql-floor")
@@ -268,7 +276,10 @@ def main() -> int:
         "scenarios": [scenario for scenario in arguments.scenarios if scenario in TASK_SCENARIOS],
         "systems": arguments.systems,
         "method": {
-            "workers": f"{AGENT_PROCESSES} worker processes × {AGENT_CONCURRENCY} concurrency, no-op tasks",
+            "workers": (
+                f"{AGENT_PROCESSES} worker processes × {AGENT_CONCURRENCY} concurrency, no-op tasks; Arbiter agents "
+                f"prefetch {AGENT_PREFETCH} more (16 held each, as Celery's default prefetch reserves)"
+            ),
             "batch_size": BATCH_SIZE,
             "tasks": {scenario: arguments.tasks or DEFAULT_TASKS[scenario] for scenario in TASK_SCENARIOS},
             "latency_rate": arguments.rate,

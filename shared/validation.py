@@ -39,8 +39,10 @@ MAX_ERROR_LENGTH = 8192
 MAX_TASKS_PER_BATCH = 1000
 MAX_OUTCOMES_PER_BATCH = 1000
 MAX_CONCURRENT_TASKS = 1000
-# A heartbeat's active_tasks: no agent may hold more than MAX_CONCURRENT_TASKS.
-MAX_ACTIVE_TASKS = MAX_CONCURRENT_TASKS
+# Assignments an agent may queue beyond MAX_CONCURRENT_TASKS.
+MAX_PREFETCH_TASKS = 1000
+# A heartbeat's active_tasks: no agent may hold more than its running and queued tasks.
+MAX_ACTIVE_TASKS = MAX_CONCURRENT_TASKS + MAX_PREFETCH_TASKS
 # One attempt's latency as reported to the registry: a year. Larger values would let the running sums
 # overflow double precision, which PostgreSQL refuses.
 MAX_LATENCY_MS = 365 * 24 * 3600 * 1000

@@ -402,6 +402,7 @@ BAD_REGISTRATIONS = {
         rpb.RegisterAgentRequest(agent=agent(max_concurrent_tasks=-1)),
         "agent.max_concurrent_tasks",
     ),
+    "prefetch_tasks -1": (rpb.RegisterAgentRequest(agent=agent(prefetch_tasks=-1)), "agent.prefetch_tasks"),
     "label with an empty key": (rpb.RegisterAgentRequest(agent=agent(labels={"": "x"})), "agent.capabilities.labels"),
 }
 

@@ -275,6 +275,14 @@ LIMITS: dict[str, Limit] = {
         at=V.MAX_CONCURRENT_TASKS,
         constant="MAX_CONCURRENT_TASKS",
     ),
+    "prefetch tasks": Limit(
+        "RegisterAgent",
+        "agent.prefetch_tasks",
+        lambda n: rpb.RegisterAgentRequest(agent=agent(prefetch_tasks=n)),
+        over=V.MAX_PREFETCH_TASKS + 1,
+        at=V.MAX_PREFETCH_TASKS,
+        constant="MAX_PREFETCH_TASKS",
+    ),
     "active tasks": Limit(
         "Heartbeat",
         "active_tasks",

@@ -53,7 +53,9 @@ def task(number: int, task_type: str = "review", priority: int = 0, **requiremen
     )
 
 
-def agent(agent_id: str, *, held: int = 0, max_concurrent_tasks: int = 1, **capabilities: Any) -> FreeAgent:
+def agent(
+    agent_id: str, *, held: int = 0, max_concurrent_tasks: int = 1, prefetch_tasks: int = 0, **capabilities: Any
+) -> FreeAgent:
     capabilities.setdefault("task_types", ["review"])
     capabilities.setdefault("languages", [])
     capabilities.setdefault("specializations", [])
@@ -62,6 +64,7 @@ def agent(agent_id: str, *, held: int = 0, max_concurrent_tasks: int = 1, **capa
     profile = AgentProfile(
         id=agent_id,
         max_concurrent_tasks=max_concurrent_tasks,
+        prefetch_tasks=prefetch_tasks,
         accepts_work=True,
         performance=performance,
         **capabilities,
@@ -98,6 +101,14 @@ def test_an_agent_gets_no_more_than_its_free_slots() -> None:
     agents = [agent("a", held=2, max_concurrent_tasks=3), agent("full", held=2, max_concurrent_tasks=2)]
     assignments = plan([task(number) for number in range(5)], agents)
     assert list(assignments.values()) == ["a"]
+
+
+def test_an_agent_with_prefetch_gets_its_free_slots_and_its_queue_and_no_more() -> None:
+    agents = [agent("prefetching", held=1, max_concurrent_tasks=2, prefetch_tasks=3)]
+    assignments = plan([task(number) for number in range(10)], agents)
+    assert list(assignments.values()) == ["prefetching"] * 4
+    queries = work_queries(table_of(agents).agents())
+    assert [query.max_tasks for query in queries] == [4]
 
 
 def test_work_is_read_per_task_type_and_capabilities_for_the_free_slots() -> None:

@@ -31,7 +31,7 @@ from services.orchestrator.domain import AgentProfile
 from shared.api_keys import Role
 from tests.support.processes import ServiceProcesses
 from tests.support.sdk_agent import events_of, start_sdk_agent, wait_for, wait_for_event, wait_for_exit
-from tests.support.stack import Stack
+from tests.support.stack import Stack, running_stack
 from tests.support.stub_agent import AgentProcess
 
 WAIT_SECONDS = 20.0
@@ -312,6 +312,56 @@ async def test_watch_yields_each_state_in_order_ending_with_the_terminal_one(
         [TaskState.PENDING, TaskState.RUNNING, TaskState.COMPLETED],
         [TaskState.PENDING, TaskState.ASSIGNED, TaskState.RUNNING, TaskState.COMPLETED],
     )
+
+
+LEASE_SECONDS = 1.0
+
+
+async def test_prefetched_tasks_wait_held_for_a_free_slot_and_keep_their_leases_meanwhile(database_url: str) -> None:
+    """One slot and two prefetched: all three are held at once; the queued ones outlive several leases
+    and still run as attempt 1, one at a time."""
+    async with running_stack(database_url, lease_seconds=LEASE_SECONDS, sweep_seconds=0.1) as stack:
+        agent = Agent(
+            "prefetcher",
+            max_concurrent_tasks=1,
+            prefetch_tasks=2,
+            registry=stack.registry_address,
+            orchestrator=stack.orchestrator_address,
+            api_key=stack.keys[Role.AGENT],
+        )
+        running = 0
+        most_running = 0
+
+        @agent.handler("slow")
+        async def slow(task: Task) -> dict[str, Any]:
+            nonlocal running, most_running
+            running += 1
+            most_running = max(most_running, running)
+            await asyncio.sleep(1.5 * LEASE_SECONDS)
+            running -= 1
+            return {}
+
+        async with Client(
+            stack.orchestrator_address, stack.keys[Role.SUBMITTER], registry_address=stack.registry_address
+        ) as client:
+            tasks = [await client.submit("slow", {}) for _ in range(4)]
+            serving = asyncio.create_task(agent.serve())
+            try:
+
+                async def three_held() -> list[TaskInfo] | None:
+                    current = [await client.get(task.id) for task in tasks]
+                    held = [task for task in current if task.assigned_agent_id == "prefetcher"]
+                    return current if len(held) == 3 else None
+
+                at_once = await wait_for(three_held, "the agent to hold its slot and its two prefetched tasks")
+                assert [task.state for task in at_once].count(TaskState.PENDING) == 1
+                finished = [await client.wait(task.id, timeout=WAIT_SECONDS) for task in tasks]
+            finally:
+                agent.drain()
+                async with asyncio.timeout(WAIT_SECONDS):
+                    await serving
+        assert [(task.state, task.attempt) for task in finished] == [(TaskState.COMPLETED, 1)] * 4
+        assert most_running == 1
 
 
 async def test_get_of_an_unknown_task_raises_not_found(inprocess_client: Client) -> None:

@@ -154,6 +154,7 @@ def agent_fields(agent: AgentInfo) -> list[tuple[str, str]]:
         ("specializations", format_list(agent.specializations)),
         ("labels", format_labels(agent.labels)),
         ("active tasks", f"{agent.active_tasks} of {agent.max_concurrent_tasks} ({format_percent(agent.utilization)})"),
+        ("prefetch", f"{agent.prefetch_tasks} more queued" if agent.prefetch_tasks else "-"),
         (
             "success rate",
             f"{format_percent(agent.success_rate)} of {agent.task_count} tasks" if agent.task_count else "-",

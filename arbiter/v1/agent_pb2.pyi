@@ -102,7 +102,7 @@ class AgentLoad(_message.Message):
     def __init__(self, active_tasks: _Optional[int] = ..., utilization: _Optional[float] = ...) -> None: ...
 
 class Agent(_message.Message):
-    __slots__ = ("id", "name", "model_family", "capabilities", "max_concurrent_tasks", "status", "performance", "load", "registered_at", "last_heartbeat_at", "tenant")
+    __slots__ = ("id", "name", "model_family", "capabilities", "max_concurrent_tasks", "status", "performance", "load", "registered_at", "last_heartbeat_at", "tenant", "prefetch_tasks")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FAMILY_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +114,7 @@ class Agent(_message.Message):
     REGISTERED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_AT_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    PREFETCH_TASKS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     model_family: str
@@ -125,7 +126,8 @@ class Agent(_message.Message):
     registered_at: _timestamp_pb2.Timestamp
     last_heartbeat_at: _timestamp_pb2.Timestamp
     tenant: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., model_family: _Optional[str] = ..., capabilities: _Optional[_Union[AgentCapabilities, _Mapping]] = ..., max_concurrent_tasks: _Optional[int] = ..., status: _Optional[_Union[AgentStatus, str]] = ..., performance: _Optional[_Union[AgentPerformance, _Mapping]] = ..., load: _Optional[_Union[AgentLoad, _Mapping]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_heartbeat_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenant: _Optional[str] = ...) -> None: ...
+    prefetch_tasks: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., model_family: _Optional[str] = ..., capabilities: _Optional[_Union[AgentCapabilities, _Mapping]] = ..., max_concurrent_tasks: _Optional[int] = ..., status: _Optional[_Union[AgentStatus, str]] = ..., performance: _Optional[_Union[AgentPerformance, _Mapping]] = ..., load: _Optional[_Union[AgentLoad, _Mapping]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_heartbeat_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenant: _Optional[str] = ..., prefetch_tasks: _Optional[int] = ...) -> None: ...
 
 class AgentReference(_message.Message):
     __slots__ = ("tenant", "agent_id")

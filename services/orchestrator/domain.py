@@ -183,6 +183,8 @@ class AgentProfile:
     labels: dict[str, str]
     max_concurrent_tasks: int
     accepts_work: bool
+    # Assignments it queues beyond max_concurrent_tasks.
+    prefetch_tasks: int = 0
     # Finishing what it holds: its tasks stay with it when its stream closes.
     draining: bool = False
     # Heartbeating: not UNHEALTHY or OFFLINE.
@@ -193,6 +195,11 @@ class AgentProfile:
     active_tasks: int = 0
     # By task type; every type it offers is present once the registry has reported it.
     performance: Mapping[str, TypePerformance] = field(default_factory=dict)
+
+    @property
+    def capacity(self) -> int:
+        """Attempts it may hold: its running slots and its prefetch queue."""
+        return self.max_concurrent_tasks + self.prefetch_tasks
 
     @cached_property
     def capabilities(self) -> Capabilities:

@@ -68,9 +68,9 @@ def _why_waiting(required: Requirements, fleet: Collection[AgentProfile]) -> str
     if unmet is not None:
         return f"no ONLINE agent offers {unmet}; the capable agents are {_named(capable, '{agent.status}')}"
     capable_working = [agent for agent in capable if agent.accepts_work]
-    if all(agent.active_tasks >= agent.max_concurrent_tasks for agent in capable_working):
+    if all(agent.active_tasks >= agent.capacity for agent in capable_working):
         return f"waiting for a free slot: the {len(capable_working)} capable agent(s) are at capacity: " + _named(
-            capable_working, "{agent.active_tasks}/{agent.max_concurrent_tasks}"
+            capable_working, "{agent.active_tasks}/{agent.capacity}"
         )
     return (
         f"waiting for one of {len(capable_working)} capable agent(s) with a free slot to take it on its "
@@ -84,7 +84,7 @@ def candidate(agent: AgentProfile, task_type: str) -> CandidateAgent:
     return CandidateAgent(
         agent_id=agent.id,
         capabilities=agent.capabilities,
-        utilization=min(1.0, agent.active_tasks / agent.max_concurrent_tasks),
+        utilization=min(1.0, agent.active_tasks / agent.capacity),
         success_rate=performance.success_rate,
         samples=performance.samples,
     )

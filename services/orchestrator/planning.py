@@ -32,11 +32,11 @@ class FreeAgent:
 
     @property
     def free_slots(self) -> int:
-        return self.profile.max_concurrent_tasks - self.held
+        return self.profile.capacity - self.held
 
     @property
     def utilization(self) -> float:
-        return min(1.0, self.held / self.profile.max_concurrent_tasks)
+        return min(1.0, self.held / self.profile.capacity)
 
 
 @dataclass(frozen=True)
@@ -225,7 +225,11 @@ class RoutingTable:
 
 
 def _offers_differently(before: AgentProfile, after: AgentProfile) -> bool:
-    return before.capabilities != after.capabilities or before.max_concurrent_tasks != after.max_concurrent_tasks
+    return (
+        before.capabilities != after.capabilities
+        or before.max_concurrent_tasks != after.max_concurrent_tasks
+        or before.prefetch_tasks != after.prefetch_tasks
+    )
 
 
 def plan_assignments(

@@ -36,6 +36,7 @@ def profile_from_pb(agent: agent_pb2.Agent) -> AgentProfile:
         specializations=list(agent.capabilities.specializations),
         labels=dict(agent.capabilities.labels),
         max_concurrent_tasks=agent.max_concurrent_tasks,
+        prefetch_tasks=agent.prefetch_tasks,
         accepts_work=agent.status not in _STATUSES_WITHOUT_WORK,
         draining=agent.status == agent_pb2.AGENT_STATUS_DRAINING,
         alive=agent.status not in (agent_pb2.AGENT_STATUS_UNHEALTHY, agent_pb2.AGENT_STATUS_OFFLINE),

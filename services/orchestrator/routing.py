@@ -79,7 +79,8 @@ class CandidateAgent:
     agent_id: str
     # For the match score.
     capabilities: Capabilities
-    # 0..1: tasks it holds / its max_concurrent_tasks, counting assignments made earlier in the same round.
+    # 0..1: tasks it holds / (max_concurrent_tasks + prefetch_tasks), counting assignments made earlier
+    # in the same round.
     utilization: float
     # On the task type, already including the prior (shared.matching.success_rate_with_prior).
     success_rate: float

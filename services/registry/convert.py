@@ -56,6 +56,7 @@ def registration_from_pb(agent: agent_pb2.Agent) -> AgentRegistration:
         specializations=list(agent.capabilities.specializations),
         labels=dict(agent.capabilities.labels),
         max_concurrent_tasks=agent.max_concurrent_tasks,
+        prefetch_tasks=agent.prefetch_tasks,
     )
 
 
@@ -142,6 +143,7 @@ def agent_to_pb(record: AgentRecord) -> agent_pb2.Agent:
             labels=registration.labels,
         ),
         max_concurrent_tasks=registration.max_concurrent_tasks,
+        prefetch_tasks=registration.prefetch_tasks,
         status=_STATUS_TO_PB[record.status],
         performance=performance_to_pb(record),
         load=agent_pb2.AgentLoad(active_tasks=record.active_tasks, utilization=record.utilization),

@@ -58,6 +58,8 @@ class AgentRegistration:
     specializations: list[str]
     labels: dict[str, str]
     max_concurrent_tasks: int
+    # Assignments it queues beyond max_concurrent_tasks.
+    prefetch_tasks: int = 0
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,7 @@ def validate_registration(
     specializations: list[str],
     labels: dict[str, str],
     max_concurrent_tasks: int,
+    prefetch_tasks: int = 0,
 ) -> AgentRegistration:
     """Checks what an agent sends to register; 0 concurrency means 1."""
     checked_task_types = validation.names("agent.capabilities.task_types", task_types)
@@ -171,6 +174,10 @@ def validate_registration(
             "agent.max_concurrent_tasks",
             f"must be between 1 and {MAX_CONCURRENT_TASKS_LIMIT}; got {max_concurrent_tasks}",
         )
+    if not 0 <= prefetch_tasks <= validation.MAX_PREFETCH_TASKS:
+        raise InvalidArgument(
+            "agent.prefetch_tasks", f"must be between 0 and {validation.MAX_PREFETCH_TASKS}; got {prefetch_tasks}"
+        )
     return AgentRegistration(
         id=validation.agent_id("agent.id", agent_id),
         name=validation.name("agent.name", name, required=False),
@@ -180,6 +187,7 @@ def validate_registration(
         specializations=validation.names("agent.capabilities.specializations", specializations),
         labels=validation.labels("agent.capabilities.labels", labels),
         max_concurrent_tasks=concurrency,
+        prefetch_tasks=prefetch_tasks,
     )
 
 

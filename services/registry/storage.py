@@ -43,7 +43,7 @@ _EFFECTIVE_STATUS = """
 # The agent's running totals per task type ride along as one jsonb array, so a record is one statement
 # (one snapshot) however many task types it has.
 _AGENT_COLUMNS = f"""
-    id, name, model_family, task_types, languages, specializations, labels, max_concurrent_tasks,
+    id, name, model_family, task_types, languages, specializations, labels, max_concurrent_tasks, prefetch_tasks,
     {_EFFECTIVE_STATUS} AS status, active_tasks, registered_at, last_heartbeat_at, degraded, degraded_reason,
     (SELECT coalesce(jsonb_agg(jsonb_build_object(
                 'task_type', stats.task_type, 'outcomes', stats.outcomes, 'successes', stats.successes,
@@ -76,6 +76,7 @@ def _record(row: dict[str, Any]) -> AgentRecord:
             specializations=list(row["specializations"]),
             labels=dict(row["labels"]),
             max_concurrent_tasks=row["max_concurrent_tasks"],
+            prefetch_tasks=row["prefetch_tasks"],
         ),
         status=AgentStatus(row["status"]),
         active_tasks=row["active_tasks"],
@@ -109,9 +110,9 @@ class AgentStore:
             cursor = await connection.execute(
                 f"""
                 INSERT INTO agents (id, name, model_family, task_types, languages, specializations, labels,
-                                    max_concurrent_tasks, status)
+                                    max_concurrent_tasks, prefetch_tasks, status)
                 VALUES (%(id)s, %(name)s, %(model_family)s, %(task_types)s, %(languages)s, %(specializations)s,
-                        %(labels)s, %(max_concurrent_tasks)s, 'online')
+                        %(labels)s, %(max_concurrent_tasks)s, %(prefetch_tasks)s, 'online')
                 ON CONFLICT (id) DO UPDATE SET
                     name = excluded.name,
                     model_family = excluded.model_family,
@@ -120,6 +121,7 @@ class AgentStore:
                     specializations = excluded.specializations,
                     labels = excluded.labels,
                     max_concurrent_tasks = excluded.max_concurrent_tasks,
+                    prefetch_tasks = excluded.prefetch_tasks,
                     status = 'online',
                     last_heartbeat_at = now(),
                     updated_at = now()
@@ -135,6 +137,7 @@ class AgentStore:
                     "specializations": registration.specializations,
                     "labels": Jsonb(registration.labels),
                     "max_concurrent_tasks": registration.max_concurrent_tasks,
+                    "prefetch_tasks": registration.prefetch_tasks,
                 },
             )
             row = await cursor.fetchone()
