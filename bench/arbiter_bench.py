@@ -60,10 +60,22 @@ TASK_TYPE = "bench-noop"
 
 AGENT_PROCESSES = 2
 AGENT_CONCURRENCY = 4
-# Queued beyond the running slots: 4 + 12 = 16 held per process, what Celery's default prefetch
-# (worker_prefetch_multiplier 4 × concurrency 4) reserves per worker in the same run.
-AGENT_PREFETCH = 12
+# Tasks each worker process holds at once, running or queued: Arbiter agents prefetch this less
+# AGENT_CONCURRENCY, Celery workers reserve it (worker_prefetch_multiplier = it ÷ AGENT_CONCURRENCY).
+# 16 is what Celery's default prefetch (4 × concurrency 4) reserves; `make bench BENCH_ARGS=
+# "--held-per-worker N"` sets it for both through the environment, which the worker processes inherit.
+DEFAULT_HELD_PER_WORKER = 16
+HELD_PER_WORKER_VARIABLE = "ARBITER_BENCH_HELD_PER_WORKER"
 BATCH_SIZE = 500
+
+
+def held_per_worker() -> int:
+    held = int(os.environ.get(HELD_PER_WORKER_VARIABLE, DEFAULT_HELD_PER_WORKER))
+    if held < AGENT_CONCURRENCY or held % AGENT_CONCURRENCY:
+        raise ValueError(f"held per worker must be a multiple of {AGENT_CONCURRENCY}; got {held}")
+    return held
+
+
 DEFAULT_TASKS = {"throughput": 20_000, "drain": 20_000, "latency": 4_000}
 LATENCY_RATE = 200.0
 LATENCY_SUBMIT_TIMEOUT = 120.0
@@ -231,7 +243,7 @@ def agent_process(index: int, agent_key: str, record_dir: str, completed: Synchr
         orchestrator=ORCHESTRATOR_ADDRESS,
         api_key=agent_key,
         max_concurrent_tasks=AGENT_CONCURRENCY,
-        prefetch_tasks=AGENT_PREFETCH,
+        prefetch_tasks=held_per_worker() - AGENT_CONCURRENCY,
     )
 
     @agent.handler(TASK_TYPE)

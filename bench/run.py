@@ -39,12 +39,13 @@ import psycopg
 from bench import report
 from bench.arbiter_bench import (
     AGENT_CONCURRENCY,
-    AGENT_PREFETCH,
     AGENT_PROCESSES,
     BATCH_SIZE,
     DEFAULT_TASKS,
+    HELD_PER_WORKER_VARIABLE,
     LATENCY_RATE,
     SERVER_URL,
+    held_per_worker,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -245,6 +246,11 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=LATENCY_RATE, help="latency: tasks per second offered")
     parser.add_argument("--scale-agents", type=int, help="scale: simulated agent streams (default: bench.scale's)")
     parser.add_argument("--scale-pending", type=int, help="scale: pending rows for the claim (default: bench.scale's)")
+    parser.add_argument(
+        "--held-per-worker",
+        type=int,
+        help="tasks each worker process holds, running or queued, in Arbiter and Celery (default 16: Celery's)",
+    )
     parser.add_argument("--out", type=Path, default=report.RESULTS_PATH)
     arguments = parser.parse_args()
     arguments.scenarios = _choices(arguments.scenarios, (*TASK_SCENARIOS, *OTHER_PARTS), "--scenarios", parser)
@@ -270,6 +276,10 @@ def write_results(path: Path, data: dict[str, Any]) -> None:
 
 def main() -> int:
     arguments = parse_arguments()
+    if arguments.held_per_worker is not None:
+        # Read by the worker processes each system starts (they inherit the environment).
+        os.environ[HELD_PER_WORKER_VARIABLE] = str(arguments.held_per_worker)
+    held_per_worker()  # a figure the workers cannot use fails here, before anything runs
     data: dict[str, Any] = {
         "machine": machine_facts(),
         "repetitions": arguments.repetitions,
@@ -277,8 +287,10 @@ def main() -> int:
         "systems": arguments.systems,
         "method": {
             "workers": (
-                f"{AGENT_PROCESSES} worker processes × {AGENT_CONCURRENCY} concurrency, no-op tasks; Arbiter agents "
-                f"prefetch {AGENT_PREFETCH} more (16 held each, as Celery's default prefetch reserves)"
+                f"{AGENT_PROCESSES} worker processes × {AGENT_CONCURRENCY} concurrency, no-op tasks; each worker "
+                f"holds up to {held_per_worker()} tasks, running or queued (Arbiter: prefetch_tasks "
+                f"{held_per_worker() - AGENT_CONCURRENCY}; Celery: worker_prefetch_multiplier "
+                f"{held_per_worker() // AGENT_CONCURRENCY}; procrastinate has no prefetch)"
             ),
             "batch_size": BATCH_SIZE,
             "tasks": {scenario: arguments.tasks or DEFAULT_TASKS[scenario] for scenario in TASK_SCENARIOS},

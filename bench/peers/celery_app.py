@@ -4,7 +4,8 @@ Celery's defaults except where said: the Redis broker, no result backend (ignore
 acks-late variant, task_acks_late. The worker is the threads pool with concurrency AGENT_CONCURRENCY in
 each of AGENT_PROCESSES OS processes: the same shape as Arbiter's agents (one process, that many tasks at
 once in it); prefork would fork a child per slot, 8 processes plus 2 parents on 2 cores. The prefetch
-multiplier stays Celery's default (4, so each worker reserves up to 16 messages).
+multiplier is held_per_worker() ÷ AGENT_CONCURRENCY: Celery's default (4, so each worker reserves up to 16
+messages) unless the run asks for another figure, which Arbiter's agents then hold too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from celery import Celery
 from celery.signals import worker_ready
 
 from bench import side_channel
-from bench.arbiter_bench import AGENT_CONCURRENCY
+from bench.arbiter_bench import AGENT_CONCURRENCY, held_per_worker
 from bench.peers import harness
 
 TASK_NAME = "bench.noop"
@@ -32,6 +33,7 @@ def configure(broker_url: str, acks_late: bool) -> None:
         broker_url=broker_url,
         task_ignore_result=True,
         task_acks_late=acks_late,
+        worker_prefetch_multiplier=held_per_worker() // AGENT_CONCURRENCY,
         # Celery's default, said out loud so that it does not warn at every start.
         broker_connection_retry_on_startup=True,
     )
