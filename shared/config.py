@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.api_keys import KeyHasher, MissingPepper
+from shared.logs import LOG_FORMATS
 from shared.rate_limits import DEFAULT_RATE_LIMITS, BucketLimit, parse_rate_limits
 
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
@@ -51,6 +52,12 @@ def _log_level(value: str) -> str:
 
 def _text(value: str) -> str:
     return value
+
+
+def _log_format(value: str) -> str:
+    if value.lower() not in LOG_FORMATS:
+        raise ValueError(f"expected one of {', '.join(LOG_FORMATS)}")
+    return value.lower()
 
 
 def _fraction(value: str) -> float:
@@ -388,6 +395,30 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("ARBITER_LOG_LEVEL", "log_level", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR."),
     Setting(
+        "ARBITER_LOG_FORMAT",
+        "log_format",
+        "text",
+        _log_format,
+        "`text` (one readable line per event) or `json` (one JSON object per line, with task_id, agent_id "
+        "and trace_id where the event has them).",
+    ),
+    Setting(
+        "ARBITER_METRICS_ADDR",
+        "metrics_addr",
+        None,
+        _address,
+        "Where the service serves Prometheus metrics over HTTP at /metrics, e.g. 0.0.0.0:9464; unset, none "
+        "are served. Each service needs its own port on one host.",
+    ),
+    Setting(
+        "ARBITER_HEALTH_ADDR",
+        "health_addr",
+        None,
+        _address,
+        "A second, plaintext gRPC port that serves only grpc.health.v1, for Kubernetes' native gRPC probes "
+        "(which cannot speak TLS), e.g. 0.0.0.0:8081; health is on the main port either way.",
+    ),
+    Setting(
         "ARBITER_STATE_DIR",
         "state_dir",
         ".arbiter",
@@ -439,6 +470,9 @@ class Config:
     max_message_bytes: int
     audit_retention_days: int
     log_level: str
+    log_format: str
+    metrics_addr: str | None
+    health_addr: str | None
     state_dir: str
 
     @classmethod

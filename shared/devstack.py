@@ -21,11 +21,13 @@ from shared.api_keys import KeyHasher, KeySpec, Role, create_key, find_key
 from shared.config import Config, ConfigError
 from shared.database import migrate, open_pool
 from shared.embedded_postgres import database_url
-from shared.server import configure_logging
+from shared.logs import configure_logging
 
 READY_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 15.0
 DEV_KEY_DESCRIPTION = "dev key written by make run"
+# The registry's metrics port when ARBITER_METRICS_ADDR is unset; the orchestrator takes the next one.
+DEFAULT_METRICS_ADDR = "127.0.0.1:9464"
 
 
 def key_variable(role: Role) -> str:
@@ -134,12 +136,21 @@ def services_environment(url: str, service_key: str) -> dict[str, str]:
     return environment
 
 
+def metrics_addresses(config: Config) -> dict[str, str]:
+    """Where each service serves /metrics: ARBITER_METRICS_ADDR (or 127.0.0.1:9464) for the registry, the
+    next port for the orchestrator, since both run on this machine."""
+    host, _, port = (config.metrics_addr or DEFAULT_METRICS_ADDR).rpartition(":")
+    return {"services.registry": f"{host}:{port}", "services.orchestrator": f"{host}:{int(port) + 1}"}
+
+
 def banner(config: Config, keys_path: Path) -> str:
     registry, orchestrator = dial_address(config.registry_addr), dial_address(config.orchestrator_addr)
+    metrics = {module: dial_address(address) for module, address in metrics_addresses(config).items()}
     return f"""
 Arbiter is running.
   registry      {registry}
   orchestrator  {orchestrator}
+  metrics       http://{metrics["services.registry"]}/metrics, http://{metrics["services.orchestrator"]}/metrics
   API keys      {keys_path}  (one per role)
   TLS           OFF: plaintext (ARBITER_ALLOW_INSECURE=true), fine on this machine only. To serve TLS, run
                 the services yourself with ARBITER_TLS_CERT and ARBITER_TLS_KEY (README, TLS).
@@ -184,7 +195,11 @@ def run(config: Config) -> int:
                 ("services.orchestrator", config.orchestrator_addr),
             ):
                 # Own process group: Ctrl-C reaches us once, and we stop the children in order.
-                process = subprocess.Popen([sys.executable, "-m", module], env=environment, start_new_session=True)
+                process = subprocess.Popen(
+                    [sys.executable, "-m", module],
+                    env={**environment, "ARBITER_METRICS_ADDR": metrics_addresses(config)[module]},
+                    start_new_session=True,
+                )
                 processes.append(process)
                 wait_until_serving(dial_address(address), process)
             print(banner(config, keys_path), flush=True)
@@ -209,7 +224,7 @@ def main() -> None:
     except ConfigError as error:
         print(f"make run: {error}", file=sys.stderr)
         sys.exit(2)
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     sys.exit(run(config))
 
 

@@ -12,7 +12,8 @@ import psycopg
 
 from shared.config import Config, ConfigError
 from shared.database import MigrationError, migrate
-from shared.server import AddressInUse, configure_logging, wait_for_stop_signal
+from shared.logs import configure_logging
+from shared.server import AddressInUse, wait_for_stop_signal
 from shared.tls import require_transport_security
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def run_service(name: str, create: Callable[[Config], Awaitable[ServiceApp]]) ->
     except ConfigError as error:
         print(f"{name}: {error}", file=sys.stderr)
         sys.exit(2)
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     try:
         asyncio.run(_serve(name, create, config))
     except ConfigError as error:

@@ -115,28 +115,31 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 
 @asynccontextmanager
-async def health_stubs(services: ServiceProcesses) -> AsyncIterator[dict[str, health_pb2_grpc.HealthStub]]:
+async def health_stubs(
+    services: ServiceProcesses,
+) -> AsyncIterator[dict[str, tuple[health_pb2_grpc.HealthStub, str]]]:
+    """Each service's health stub and the name its readiness is reported under."""
     async with (
         grpc.aio.insecure_channel(services.registry_address) as registry,
         grpc.aio.insecure_channel(services.orchestrator_address) as orchestrator,
     ):
         yield {
-            "registry": health_pb2_grpc.HealthStub(registry),
-            "orchestrator": health_pb2_grpc.HealthStub(orchestrator),
+            "registry": (health_pb2_grpc.HealthStub(registry), "arbiter.v1.RegistryService"),
+            "orchestrator": (health_pb2_grpc.HealthStub(orchestrator), "arbiter.v1.OrchestratorService"),
         }
 
 
 async def wait_for_health(
-    stubs: dict[str, health_pb2_grpc.HealthStub], expected: int, timeout: float
+    stubs: dict[str, tuple[health_pb2_grpc.HealthStub, str]], expected: int, timeout: float
 ) -> dict[str, float]:
-    """Seconds until each service's overall health (no key needed) said `expected`."""
+    """Seconds until each service's readiness (no key needed) said `expected`."""
     started = time.monotonic()
     reached: dict[str, float] = {}
 
     async def all_reached() -> bool:
-        for name, stub in stubs.items():
+        for name, (stub, service) in stubs.items():
             if name not in reached:
-                response = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
                 if response.status == expected:
                     reached[name] = time.monotonic() - started
         return len(reached) == len(stubs)

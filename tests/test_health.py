@@ -1,4 +1,5 @@
-"""Health follows the database: NOT_SERVING while it cannot be reached, SERVING again after."""
+"""Health: liveness ("") SERVING while the process runs; readiness (each service name) SERVING only while
+the database answers and, for the orchestrator, its registry link is up; a plaintext health-only port."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ import asyncio
 
 import grpc
 import psycopg
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from arbiter.v1 import orchestrator_service_pb2 as opb
+from arbiter.v1 import orchestrator_service_pb2_grpc
+from shared.api_keys import Role
 from tests.support.database import PostgresForTests
-from tests.support.stack import Stack
+from tests.support.stack import Stack, running_stack
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -40,19 +45,53 @@ def block_connections(postgres: PostgresForTests, database_url: str, blocked: bo
             connection.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
 
 
-async def test_health_is_not_serving_while_the_database_is_unreachable(
+REGISTRY_SERVICE, ORCHESTRATOR_SERVICE = "arbiter.v1.RegistryService", "arbiter.v1.OrchestratorService"
+
+
+async def test_readiness_is_not_serving_while_the_database_is_unreachable_and_liveness_stays_serving(
     stack: Stack, test_postgres: PostgresForTests, database_url: str
 ) -> None:
-    for address, service in (
-        (stack.registry_address, "arbiter.v1.RegistryService"),
-        (stack.orchestrator_address, "arbiter.v1.OrchestratorService"),
-    ):
+    services = ((stack.registry_address, REGISTRY_SERVICE), (stack.orchestrator_address, ORCHESTRATOR_SERVICE))
+    for address, service in services:
         await wait_for_status(address, service, SERVING)
     block_connections(test_postgres, database_url, blocked=True)
     try:
-        await wait_for_status(stack.registry_address, "arbiter.v1.RegistryService", NOT_SERVING)
-        await wait_for_status(stack.orchestrator_address, "", NOT_SERVING)
+        for address, service in services:
+            await wait_for_status(address, service, NOT_SERVING)
+            # The process works: restarting it would not bring the database back.
+            await wait_for_status(address, "", SERVING, timeout=0.5)
     finally:
         block_connections(test_postgres, database_url, blocked=False)
-    await wait_for_status(stack.registry_address, "arbiter.v1.RegistryService", SERVING)
-    await wait_for_status(stack.orchestrator_address, "arbiter.v1.OrchestratorService", SERVING)
+    for address, service in services:
+        await wait_for_status(address, service, SERVING)
+
+
+async def test_the_orchestrator_is_not_ready_while_its_registry_is_unreachable(database_url: str) -> None:
+    async with running_stack(database_url) as stack:
+        await wait_for_status(stack.orchestrator_address, ORCHESTRATOR_SERVICE, SERVING)
+        await stack.registry_app.stop(0)
+        await wait_for_status(stack.orchestrator_address, ORCHESTRATOR_SERVICE, NOT_SERVING)
+        await wait_for_status(stack.orchestrator_address, "", SERVING, timeout=0.5)
+
+
+async def test_the_health_port_answers_health_in_plaintext_and_nothing_else(database_url: str) -> None:
+    async with running_stack(database_url, health_addr="127.0.0.1:0", allow_insecure=True) as stack:
+        for app, service in ((stack.registry_app, REGISTRY_SERVICE), (stack.orchestrator_app, ORCHESTRATOR_SERVICE)):
+            health_port = app.server.health_port
+            assert health_port is not None and health_port != app.port
+            await wait_for_status(f"127.0.0.1:{health_port}", service, SERVING)
+            await wait_for_status(f"127.0.0.1:{health_port}", "", SERVING)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.orchestrator_app.server.health_port}") as channel:
+            stub = orchestrator_service_pb2_grpc.OrchestratorServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.GetQueueStats(opb.GetQueueStatsRequest(), metadata=stack.as_role(Role.VIEWER))
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_shutting_down_turns_liveness_and_readiness_not_serving(database_url: str) -> None:
+    async with running_stack(database_url, health_addr="127.0.0.1:0") as stack:
+        health_address = f"127.0.0.1:{stack.orchestrator_app.server.health_port}"
+        await wait_for_status(health_address, ORCHESTRATOR_SERVICE, SERVING)
+        await stack.orchestrator_app.server.stop_serving_health()
+        await wait_for_status(health_address, "", NOT_SERVING, timeout=1)
+        await wait_for_status(health_address, ORCHESTRATOR_SERVICE, NOT_SERVING, timeout=1)

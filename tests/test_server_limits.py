@@ -15,7 +15,7 @@ from arbiter.v1 import agent_pb2, orchestrator_service_pb2, registry_service_pb2
 from shared.api_keys import Role
 from shared.config import MESSAGE_HEADROOM_BYTES, Config, ConfigError
 from shared.database import open_pool
-from shared.server import RunningServer, ServerLimits, start_server
+from shared.server import Observability, RunningServer, ServerLimits, start_server
 from tests.support.stack import Stack, running_stack
 from tests.support.waiting import eventually
 
@@ -91,6 +91,7 @@ async def server_of_three(database_url: str) -> AsyncIterator[RunningServer]:
             [],
             pool,
             limits=ServerLimits(max_concurrent_rpcs=3, max_message_bytes=SMALL_MESSAGE_BYTES),
+            observability=Observability("limits-test"),
         )
         try:
             yield running

@@ -8,7 +8,7 @@ import argparse
 from arbiter.cli.options import Subcommands
 from shared import devstack
 from shared.config import Config
-from shared.server import configure_logging
+from shared.logs import configure_logging
 
 
 def add_commands(commands: Subcommands) -> None:
@@ -24,5 +24,5 @@ def add_commands(commands: Subcommands) -> None:
 
 def run_stack(arguments: argparse.Namespace) -> int:
     config = Config.from_env()
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     return devstack.run(config)

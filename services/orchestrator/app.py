@@ -8,11 +8,12 @@ import random
 import socket
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import grpc
 
 from arbiter.v1 import orchestrator_service_pb2_grpc
+from services.orchestrator import metrics
 from services.orchestrator.agent_directory import AgentDirectory
 from services.orchestrator.dispatcher import Dispatcher
 from services.orchestrator.domain import TaskRecord
@@ -29,8 +30,10 @@ from shared.audit import prune_audit_events
 from shared.auth import Gate, open_gate
 from shared.config import Config
 from shared.database import Pool, open_pool
+from shared.metrics import refresh_periodically
 from shared.permissions import ORCHESTRATOR_ROLES, ORCHESTRATOR_SERVICE, method_permissions
-from shared.server import RunningServer, ServerLimits, cancel_and_wait, start_server
+from shared.server import Observability, RunningServer, ServerLimits, cancel_and_wait, start_server
+from shared.tenancy import TaskScope
 from shared.tls import registry_channel_credentials, server_credentials
 
 
@@ -126,6 +129,13 @@ async def create_orchestrator(config: Config) -> OrchestratorApp:
             asyncio.create_task(dispatcher.run()),
             asyncio.create_task(outcomes.run()),
         ]
+        if config.metrics_addr is not None:
+
+            async def count_tasks() -> None:
+                counts = await store.count_by_type_and_state(TaskScope(tenant=None))
+                metrics.record_task_counts(counts, datetime.now(UTC))
+
+            background.append(asyncio.create_task(refresh_periodically("tasks by type and state", count_tasks)))
         gate = await open_gate(config, pool, method_permissions(ORCHESTRATOR_SERVICE, ORCHESTRATOR_ROLES))
         server = await start_server(
             config.orchestrator_addr,
@@ -136,6 +146,8 @@ async def create_orchestrator(config: Config) -> OrchestratorApp:
             [gate.interceptor],
             pool,
             limits=ServerLimits.from_config(config),
+            # Ready only while the registry's agent feed is up: without it no task can be routed.
+            observability=Observability.from_config("orchestrator", config, also_ready=directory.synced.is_set),
             credentials=credentials,
         )
     except BaseException:

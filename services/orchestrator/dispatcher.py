@@ -20,6 +20,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
+from services.orchestrator import metrics
 from services.orchestrator.agent_directory import AgentDirectory
 from services.orchestrator.domain import AgentProfile, CompletedAttempt, Completion, TaskRecord
 from services.orchestrator.planning import (
@@ -159,6 +160,7 @@ class Dispatcher:
                     each.done.set_result(result)
             for assigned in result.assigned:
                 self._sessions.deliver(assigned.decision.agent_id, assigned.task)
+            metrics.record_assignments(assigned.task for assigned in result.assigned)
             return result.assigned
 
     async def _round(self, submissions: list[Submission], completions: list[Completion]) -> Round:
@@ -179,9 +181,10 @@ class Dispatcher:
             return work_queries(self._table.agents())
 
         def plan(candidates: list[TaskRecord]) -> list[tuple[TaskRecord, Decision]]:
-            return plan_assignments(
-                candidates, self._table, self._router, self._directory.outcomes_of_type, self._share
-            )
+            with metrics.ROUTING_SECONDS.time():
+                return plan_assignments(
+                    candidates, self._table, self._router, self._directory.outcomes_of_type, self._share
+                )
 
         result = await self._store.dispatch(
             submissions, completions, [profile.id for profile in profiles], queries_for, plan

@@ -70,11 +70,16 @@ class Outcome:
     quality: float | None = None
 
 
+# Calls spread over every address the target resolves to (a headless Service's pods, dns:///…); with one
+# address it is the same as gRPC's default, pick_first.
+REGISTRY_CHANNEL_OPTIONS = (("grpc.lb_policy_name", "round_robin"),)
+
+
 def open_registry_channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
     """The channel to the registry: TLS with `credentials` (shared/tls.py), plaintext without."""
     if credentials is None:
-        return grpc.aio.insecure_channel(target)
-    return grpc.aio.secure_channel(target, credentials)
+        return grpc.aio.insecure_channel(target, options=REGISTRY_CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(target, credentials, options=REGISTRY_CHANNEL_OPTIONS)
 
 
 class RegistryClient:

@@ -43,6 +43,7 @@ from services.orchestrator.sessions import AgentSession, AgentSessions
 from services.orchestrator.storage import Submission, TaskStore
 from shared import tenancy, validation
 from shared.errors import Aborted, ArbiterError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from shared.logs import about
 from shared.pagination import decode_page_token, encode_page_token
 from shared.tenancy import TaskScope
 
@@ -330,7 +331,9 @@ class Orchestrator:
             profile = await self._registry.get_agent(agent_id)
         stream_id = str(uuid.uuid4())
         with self.sessions.open(profile) as session:
-            logger.info("agent %s connected (%d streams open)", agent_id, len(self.sessions))
+            logger.info(
+                "agent %s connected (%d streams open)", agent_id, len(self.sessions), extra=_about_agent(agent_id)
+            )
             try:
                 async with self.dispatcher.lock:
                     # Anything a round queued for this agent before now is among what it holds.
@@ -363,7 +366,7 @@ class Orchestrator:
                 yield OrchestratorDraining(f"orchestrator {self.instance_id} is shutting down; reconnect")
             finally:
                 session.close()
-                logger.info("agent %s disconnected", agent_id)
+                logger.info("agent %s disconnected", agent_id, extra=_about_agent(agent_id))
                 # Shielded: the stream's own cancellation must not cut the release short.
                 await asyncio.shield(self._stream_closed(session, stream_id))
 
@@ -393,17 +396,26 @@ class Orchestrator:
                     else None
                 )
         except ArbiterError as error:
-            logger.info("releasing agent %s's tasks without its status (%s)", agent_id, error)
+            logger.info(
+                "releasing agent %s's tasks without its status (%s)", agent_id, error, extra=_about_agent(agent_id)
+            )
         try:
             async with self.dispatcher.lock:
                 released = await self._store.close_stream(
                     agent_id, stream_id, release_reason, only=release_only, agent_failed=release_only is None
                 )
         except psycopg.Error as error:
-            logger.warning("could not release agent %s's tasks; their leases will: %s", agent_id, error)
+            logger.warning(
+                "could not release agent %s's tasks; their leases will: %s",
+                agent_id,
+                error,
+                extra=_about_agent(agent_id),
+            )
             return
         if released:
-            logger.info("agent %s's stream closed: released %d task(s)", agent_id, len(released))
+            logger.info(
+                "agent %s's stream closed: released %d task(s)", agent_id, len(released), extra=_about_agent(agent_id)
+            )
             self.dispatcher.wake()
 
     async def _reconnected_here(self, closed: AgentSession) -> bool:
@@ -442,7 +454,12 @@ class Orchestrator:
                 # This orchestrator's own shutdown: not held against the agent's track record.
                 released = await self._store.close_stream(agent_id, stream_id, reason, agent_failed=False)
                 if released:
-                    logger.info("shutdown: released %d task(s) of agent %s", len(released), agent_id)
+                    logger.info(
+                        "shutdown: released %d task(s) of agent %s",
+                        len(released),
+                        agent_id,
+                        extra=_about_agent(agent_id),
+                    )
         except psycopg.Error as error:
             logger.warning("shutdown: could not release held tasks; their leases will: %s", error)
 
@@ -458,3 +475,8 @@ class Orchestrator:
     def _raise_if_superseded(session: AgentSession, agent_id: str) -> None:
         if session.superseded:
             raise Aborted(f"a newer assignment stream for agent '{tenancy.plain(agent_id)}' replaced this one")
+
+
+def _about_agent(agent_id: str) -> dict[str, str]:
+    """Log fields naming the agent (a qualified id) and its tenant."""
+    return about(agent_id=tenancy.plain(agent_id), tenant=tenancy.tenant_of(agent_id))

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from services.orchestrator import metrics
 from services.orchestrator.domain import AgentProfile, AttemptCancellation, TaskRecord
 
 
@@ -64,9 +65,11 @@ class AgentSessions:
         session = AgentSession(profile)
         self._sessions[profile.id] = session
         self.all_closed.clear()
+        metrics.CONNECTED_AGENTS.inc()
         try:
             yield session
         finally:
+            metrics.CONNECTED_AGENTS.dec()
             if self._sessions.get(profile.id) is session:
                 del self._sessions[profile.id]
             if not self._sessions:

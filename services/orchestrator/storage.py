@@ -18,6 +18,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from services.orchestrator import metrics
 from services.orchestrator.domain import (
     MAX_ERROR_LENGTH,
     AttemptReport,
@@ -875,4 +876,5 @@ async def _end_attempts(
         row = await cursor.fetchone()
         assert row is not None, "the row is locked by this transaction"
         ended.append(_record(row))
+    metrics.record_attempt_ends(ended)
     return ended

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from services.orchestrator import metrics
 from services.orchestrator.agent_directory import AgentDirectory
 from services.orchestrator.domain import TaskRecord
 from services.orchestrator.registry_client import RegistryClient
@@ -77,6 +78,7 @@ class Sweeper:
         counts = SweepCounts()
         started_at = datetime.now(UTC)
         counts.expired_leases = await _repeat(self._store.expire_leases)
+        metrics.LEASE_EXPIRIES.inc(counts.expired_leases)
         counts.timed_out = await _repeat(self._store.time_out_attempts)
         counts.unstarted = await _repeat(self._store.fail_unstarted)
         counts.released_offline = await self._release_offline_agents()

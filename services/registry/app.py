@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import grpc
 
 from arbiter.v1 import admin_service_pb2_grpc, registry_service_pb2_grpc
+from services.registry import metrics
 from services.registry.admin_servicer import AdminServicer
 from services.registry.agent_feed import AgentFeed
 from services.registry.domain import Silence
@@ -17,6 +18,7 @@ from services.registry.storage import AgentStore
 from shared.auth import Gate, open_gate
 from shared.config import Config
 from shared.database import Pool, open_pool
+from shared.metrics import refresh_periodically
 from shared.permissions import (
     ADMIN_ROLES,
     ADMIN_SERVICE,
@@ -24,7 +26,7 @@ from shared.permissions import (
     REGISTRY_SERVICE,
     method_permissions,
 )
-from shared.server import RunningServer, ServerLimits, cancel_and_wait, start_server
+from shared.server import Observability, RunningServer, ServerLimits, cancel_and_wait, start_server
 from shared.tls import server_credentials
 
 
@@ -35,6 +37,8 @@ class RegistryApp:
     feed_task: asyncio.Task[None]
     server: RunningServer
     gate: Gate
+    # Reads the agents by status for the metrics, when they are served.
+    metrics_task: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -46,7 +50,7 @@ class RegistryApp:
         await self.server.stop_serving_health()
         self.feed.close()
         await self.server.stop(grace)
-        await cancel_and_wait([self.feed_task])
+        await cancel_and_wait([self.feed_task, *([self.metrics_task] if self.metrics_task else [])])
         await self.gate.close()
         await self.pool.close()
 
@@ -84,6 +88,7 @@ async def create_registry(config: Config) -> RegistryApp:
             [gate.interceptor],
             pool,
             limits=ServerLimits.from_config(config),
+            observability=Observability.from_config("registry", config),
             credentials=credentials,
         )
     except BaseException:
@@ -93,4 +98,11 @@ async def create_registry(config: Config) -> RegistryApp:
             await gate.close()
         await pool.close()
         raise
-    return RegistryApp(pool, feed, feed_task, server, gate)
+    metrics_task = None
+    if config.metrics_addr is not None:
+
+        async def count_agents() -> None:
+            metrics.record_agents_by_status(await store.count_by_status())
+
+        metrics_task = asyncio.create_task(refresh_periodically("agents by status", count_agents))
+    return RegistryApp(pool, feed, feed_task, server, gate, metrics_task)

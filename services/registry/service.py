@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -25,7 +26,10 @@ from services.registry.domain import (
 from services.registry.storage import AgentStore, DegradationUpdate
 from shared import tenancy, validation
 from shared.errors import InvalidArgument, NotFound, Unavailable
+from shared.logs import about
 from shared.pagination import decode_page_token, encode_page_token
+
+logger = logging.getLogger(__name__)
 
 _PAGE_KEYS = frozenset({"after_id"})
 # How long a WatchAgents call waits for a starting registry's first read of every agent.
@@ -60,7 +64,14 @@ class Registry:
         self._judge = partial(judge_degradation, min_outcomes=degradation_min_outcomes)
 
     async def register(self, registration: AgentRegistration) -> AgentRecord:
-        return await self._store.upsert(registration)
+        record = await self._store.upsert(registration)
+        logger.info(
+            "agent %s registered for %s",
+            tenancy.plain(registration.id),
+            ", ".join(registration.task_types),
+            extra=about(agent_id=tenancy.plain(registration.id), tenant=tenancy.tenant_of(registration.id)),
+        )
+        return record
 
     async def heartbeat(self, beat: Heartbeat) -> AgentRecord:
         record = await self._store.record_heartbeat(beat)

@@ -103,6 +103,15 @@ class AgentStore:
         self._pool = pool
         self._silence = {"unhealthy_after": silence.unhealthy_after, "offline_after": silence.offline_after}
 
+    async def count_by_status(self) -> dict[AgentStatus, int]:
+        """count_agents_by_status: registered agents of every tenant by their status as read now (silence
+        counted: UNHEALTHY, OFFLINE)."""
+        async with self._pool.connection() as connection:
+            cursor = await connection.execute(
+                f"SELECT {_EFFECTIVE_STATUS} AS status, count(*) AS count FROM agents GROUP BY 1", self._silence
+            )
+            return {AgentStatus(row["status"]): row["count"] for row in await cursor.fetchall()}
+
     async def upsert(self, registration: AgentRegistration) -> AgentRecord:
         """register_agent: one row per id. Re-registering replaces the capabilities, marks the agent
         ONLINE and counts as a heartbeat; registered_at and the track record are kept."""
