@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import psycopg
 from psycopg.rows import DictRow, dict_row
@@ -31,7 +33,14 @@ RECONNECT_SECONDS = 5.0
 OPEN_TIMEOUT_SECONDS = 30.0
 
 
-async def open_pool(url: str, min_size: int, max_size: int, name: str, application_name: str = "") -> Pool:
+async def open_pool(
+    url: str,
+    min_size: int,
+    max_size: int,
+    name: str,
+    application_name: str = "",
+    configure: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]] | None = None,
+) -> Pool:
     """Opens a pool whose connections return rows as dicts; waits (up to 30 s) until one connection works.
     The connections carry `application_name` (default: the pool's name), as pg_stat_activity and the
     task triggers' notifications show it."""
@@ -50,6 +59,8 @@ async def open_pool(url: str, min_size: int, max_size: int, name: str, applicati
             "options": "-c jit=off",
         },
         name=name,
+        # Run on each new connection (shared/tracing.py: a span per statement).
+        configure=configure,
         timeout=CONNECTION_WAIT_SECONDS,
         reconnect_timeout=RECONNECT_SECONDS,
         open=False,

@@ -9,12 +9,14 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import psycopg
+from opentelemetry.sdk.trace import TracerProvider
 
 from shared.config import Config, ConfigError
 from shared.database import MigrationError, migrate
 from shared.logs import configure_logging
 from shared.server import AddressInUse, wait_for_stop_signal
 from shared.tls import require_transport_security
+from shared.tracing import provider_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +28,28 @@ class ServiceApp(Protocol):
     async def stop(self, grace: float) -> None: ...
 
 
-async def _serve(name: str, create: Callable[[Config], Awaitable[ServiceApp]], config: Config) -> None:
+async def _serve(
+    name: str, create: Callable[[Config, TracerProvider | None], Awaitable[ServiceApp]], config: Config
+) -> None:
     await migrate(config.require_database_url())
-    app = await create(config)
+    tracer_provider = provider_from_env(name)
+    if tracer_provider is not None:
+        logger.info("tracing: spans are exported as the OTEL_* variables say")
+    try:
+        await _serve_traced(name, create, config, tracer_provider)
+    finally:
+        if tracer_provider is not None:
+            # Sends the spans still buffered.
+            tracer_provider.shutdown()
+
+
+async def _serve_traced(
+    name: str,
+    create: Callable[[Config, TracerProvider | None], Awaitable[ServiceApp]],
+    config: Config,
+    tracer_provider: TracerProvider | None,
+) -> None:
+    app = await create(config, tracer_provider)
     logger.info("%s serving on port %d", name, app.port)
     try:
         await wait_for_stop_signal()
@@ -38,7 +59,7 @@ async def _serve(name: str, create: Callable[[Config], Awaitable[ServiceApp]], c
     logger.info("%s stopped", name)
 
 
-def run_service(name: str, create: Callable[[Config], Awaitable[ServiceApp]]) -> None:
+def run_service(name: str, create: Callable[[Config, TracerProvider | None], Awaitable[ServiceApp]]) -> None:
     """The body of `python -m services.<name>`: exits 2 on bad configuration, 1 on start-up failure."""
     try:
         config = Config.from_env()

@@ -17,10 +17,12 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace import TracerProvider
 
 from shared.config import Config
 from shared.database import Pool, database_answers
 from shared.metrics import DATABASE_POOLS, DATABASE_UP, MetricsInterceptor, serve_metrics
+from shared.tracing import server_interceptors
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +82,18 @@ class Observability:
     health_address: str | None = None
     metrics_address: str | None = None
     also_ready: Callable[[], bool] = lambda: True
+    # A span per call served (shared/tracing.py); None: no tracing.
+    tracer_provider: TracerProvider | None = None
 
     @classmethod
-    def from_config(cls, service: str, config: Config, also_ready: Callable[[], bool] = lambda: True) -> Observability:
-        return cls(service, config.health_addr, config.metrics_addr, also_ready)
+    def from_config(
+        cls,
+        service: str,
+        config: Config,
+        also_ready: Callable[[], bool] = lambda: True,
+        tracer_provider: TracerProvider | None = None,
+    ) -> Observability:
+        return cls(service, config.health_addr, config.metrics_addr, also_ready, tracer_provider)
 
 
 @dataclass
@@ -182,7 +192,7 @@ async def start_server(
     Also the plaintext health port and the metrics endpoint, where `observability` names them."""
     server = grpc.aio.server(
         # First, so that calls the API-key check refuses are counted too.
-        interceptors=[MetricsInterceptor(), *interceptors],
+        interceptors=[MetricsInterceptor(), *server_interceptors(observability.tracer_provider), *interceptors],
         options=limits.options(),
         # Open streams count too: each connected agent holds a StreamAssignments stream.
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import grpc
+from opentelemetry.sdk.trace import TracerProvider
 
 from arbiter.v1 import orchestrator_service_pb2_grpc
 from services.orchestrator import metrics
@@ -35,6 +36,7 @@ from shared.permissions import ORCHESTRATOR_ROLES, ORCHESTRATOR_SERVICE, method_
 from shared.server import Observability, RunningServer, ServerLimits, cancel_and_wait, start_server
 from shared.tenancy import TaskScope
 from shared.tls import registry_channel_credentials, server_credentials
+from shared.tracing import connection_tracer
 
 
 @dataclass
@@ -64,8 +66,9 @@ class OrchestratorApp:
         await self.pool.close()
 
 
-async def create_orchestrator(config: Config) -> OrchestratorApp:
-    """Starts the orchestrator on config.orchestrator_addr (port 0 picks a free port). Migrations are the caller's."""
+async def create_orchestrator(config: Config, tracer_provider: TracerProvider | None = None) -> OrchestratorApp:
+    """Starts the orchestrator on config.orchestrator_addr (port 0 picks a free port), traced with
+    `tracer_provider` if given (shared/tracing.py). Migrations are the caller's."""
     service_key = config.require_service_key()
     credentials = server_credentials(config)
     registry_credentials = registry_channel_credentials(config)
@@ -78,6 +81,7 @@ async def create_orchestrator(config: Config) -> OrchestratorApp:
         config.db_pool_max_size,
         name="orchestrator",
         application_name=application_name,
+        configure=connection_tracer(tracer_provider),
     )
     registry_channel = open_registry_channel(config.registry_dial_target, registry_credentials)
     background: list[asyncio.Task[None]] = []
@@ -147,7 +151,9 @@ async def create_orchestrator(config: Config) -> OrchestratorApp:
             pool,
             limits=ServerLimits.from_config(config),
             # Ready only while the registry's agent feed is up: without it no task can be routed.
-            observability=Observability.from_config("orchestrator", config, also_ready=directory.synced.is_set),
+            observability=Observability.from_config(
+                "orchestrator", config, also_ready=directory.synced.is_set, tracer_provider=tracer_provider
+            ),
             credentials=credentials,
         )
     except BaseException:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import grpc
+from opentelemetry.propagate import inject
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from arbiter.v1 import agent_pb2, registry_service_pb2, registry_service_pb2_grpc
@@ -96,6 +97,13 @@ class RegistryClient:
         self._deadline_seconds = deadline_seconds
         self._retry_seconds = retry_seconds
 
+    def _call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The key, and the current trace (W3C traceparent) when there is one, so the registry's span of
+        the call joins the trace of whatever the orchestrator is doing (shared/tracing.py)."""
+        carrier: dict[str, str] = {}
+        inject(carrier)
+        return (*self._metadata, *carrier.items())
+
     async def get_agent(self, agent_id: str) -> AgentProfile:
         """The agent with this qualified id (the service key acts in every tenant, so it names the tenant)."""
         tenant, plain_id = tenancy.split(agent_id)
@@ -109,7 +117,7 @@ class RegistryClient:
             ):
                 with attempt:
                     response = await self._stub.GetAgent(
-                        request, metadata=self._metadata, timeout=self._deadline_seconds
+                        request, metadata=self._call_metadata(), timeout=self._deadline_seconds
                     )
         except grpc.aio.AioRpcError as error:
             raise self._domain_error(error, agent_id) from error
@@ -118,7 +126,7 @@ class RegistryClient:
     async def watch_agents(self) -> AsyncIterator[AgentChanges]:
         """The registry's WatchAgents stream: a snapshot, then changes, until it breaks (the caller
         reconnects). No deadline: the stream lives as long as the registry does."""
-        call = self._stub.WatchAgents(registry_service_pb2.WatchAgentsRequest(), metadata=self._metadata)
+        call = self._stub.WatchAgents(registry_service_pb2.WatchAgentsRequest(), metadata=self._call_metadata())
         try:
             async for response in call:
                 yield AgentChanges(
@@ -147,7 +155,9 @@ class RegistryClient:
             ]
         )
         try:
-            response = await self._stub.RecordOutcomes(request, metadata=self._metadata, timeout=self._deadline_seconds)
+            response = await self._stub.RecordOutcomes(
+                request, metadata=self._call_metadata(), timeout=self._deadline_seconds
+            )
         except grpc.aio.AioRpcError as error:
             raise self._domain_error(error, "") from error
         return [tenancy.qualify(unknown.tenant, unknown.agent_id) for unknown in response.unknown_agents]
@@ -161,7 +171,7 @@ class RegistryClient:
             try:
                 response = await self._stub.ListAgents(
                     registry_service_pb2.ListAgentsRequest(page_size=500, page_token=page_token),
-                    metadata=self._metadata,
+                    metadata=self._call_metadata(),
                     timeout=self._deadline_seconds,
                 )
             except grpc.aio.AioRpcError as error:

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 
 import grpc
+from opentelemetry.sdk.trace import TracerProvider
 
 from arbiter.v1 import admin_service_pb2_grpc, registry_service_pb2_grpc
 from services.registry import metrics
@@ -28,6 +29,7 @@ from shared.permissions import (
 )
 from shared.server import Observability, RunningServer, ServerLimits, cancel_and_wait, start_server
 from shared.tls import server_credentials
+from shared.tracing import connection_tracer
 
 
 @dataclass
@@ -55,12 +57,19 @@ class RegistryApp:
         await self.pool.close()
 
 
-async def create_registry(config: Config) -> RegistryApp:
-    """Starts the registry on config.registry_addr (port 0 picks a free port). Migrations are the caller's."""
+async def create_registry(config: Config, tracer_provider: TracerProvider | None = None) -> RegistryApp:
+    """Starts the registry on config.registry_addr (port 0 picks a free port), traced with
+    `tracer_provider` if given (shared/tracing.py). Migrations are the caller's."""
     database_url = config.require_database_url()
     credentials = server_credentials(config)
     hasher = config.key_hasher()
-    pool = await open_pool(database_url, config.db_pool_min_size, config.db_pool_max_size, name="registry")
+    pool = await open_pool(
+        database_url,
+        config.db_pool_min_size,
+        config.db_pool_max_size,
+        name="registry",
+        configure=connection_tracer(tracer_provider),
+    )
     feed_task: asyncio.Task[None] | None = None
     gate: Gate | None = None
     try:
@@ -88,7 +97,7 @@ async def create_registry(config: Config) -> RegistryApp:
             [gate.interceptor],
             pool,
             limits=ServerLimits.from_config(config),
-            observability=Observability.from_config("registry", config),
+            observability=Observability.from_config("registry", config, tracer_provider=tracer_provider),
             credentials=credentials,
         )
     except BaseException:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from opentelemetry.sdk.trace import TracerProvider
 
 from arbiter import Agent, Task
 from arbiter.v1 import admin_service_pb2_grpc, orchestrator_service_pb2_grpc, registry_service_pb2_grpc
@@ -97,16 +98,19 @@ class Stack:
 
 
 @asynccontextmanager
-async def running_stack(database_url: str, **overrides: object) -> AsyncIterator[Stack]:
+async def running_stack(
+    database_url: str, tracer_provider: TracerProvider | None = None, **overrides: object
+) -> AsyncIterator[Stack]:
     keys = await create_keys(database_url)
-    registry_app = await create_registry(config_for_tests(database_url, **overrides))
+    registry_app = await create_registry(config_for_tests(database_url, **overrides), tracer_provider)
     orchestrator_app = await create_orchestrator(
         config_for_tests(
             database_url,
             service_key=await create_every_tenant_key(database_url),
             registry_target=f"127.0.0.1:{registry_app.port}",
             **overrides,
-        )
+        ),
+        tracer_provider,
     )
     stack = Stack(registry_app, orchestrator_app, keys, [])
     try:
