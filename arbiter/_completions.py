@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from opentelemetry.context import Context, attach, detach, get_current
 
 from arbiter.v1 import orchestrator_service_pb2 as opb
 from arbiter.v1 import orchestrator_service_pb2_grpc as opb_grpc
@@ -30,14 +31,15 @@ class CompletionSender:
     def __init__(self, orchestrator: opb_grpc.OrchestratorServiceStub, send: Send) -> None:
         self._orchestrator = orchestrator
         self._send = send
-        self._waiting: list[tuple[opb.CompleteTaskRequest, asyncio.Future[Refusal]]] = []
+        # Each result with the trace context it was reported in: a call carries its first result's trace.
+        self._waiting: list[tuple[opb.CompleteTaskRequest, asyncio.Future[Refusal], Context]] = []
         self._sender: asyncio.Task[None] | None = None
         self._batches_supported = True
 
     async def complete(self, request: opb.CompleteTaskRequest) -> Refusal:
         """Sends the result (retrying while the orchestrator is unreachable); None once it is recorded."""
         future: asyncio.Future[Refusal] = asyncio.get_running_loop().create_future()
-        self._waiting.append((request, future))
+        self._waiting.append((request, future, get_current()))
         if self._sender is None:
             self._sender = asyncio.create_task(self._send_waiting())
         return await future
@@ -46,14 +48,17 @@ class CompletionSender:
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+                token = attach(batch[0][2])
                 try:
-                    refusals = await self._send_batch([request for request, _ in batch])
+                    refusals = await self._send_batch([request for request, _, _ in batch])
                 except Exception as error:  # every waiting handler must hear, whatever went wrong
-                    for _, future in batch:
+                    for _, future, _ in batch:
                         if not future.done():
                             future.set_exception(error)
                     continue
-                for (_, future), refusal in zip(batch, refusals, strict=True):
+                finally:
+                    detach(token)
+                for (_, future, _), refusal in zip(batch, refusals, strict=True):
                     if not future.done():
                         future.set_result(refusal)
         finally:

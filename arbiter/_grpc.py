@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TypeAlias
 
 import grpc
+from opentelemetry.propagate import inject
 
 # Match the servers' limits (8 MiB) and keep long-lived streams alive through idle proxies; the
 # servers permit a ping every 10 s, so 30 s stays well inside what they accept.
@@ -25,6 +26,15 @@ CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
 
 
 PemPath: TypeAlias = str | os.PathLike[str]
+Metadata: TypeAlias = tuple[tuple[str, str], ...]
+
+
+def traced(metadata: Metadata) -> Metadata:
+    """`metadata` and the current OpenTelemetry trace context (W3C traceparent), when a span is active,
+    so the services' spans for the call join the caller's trace."""
+    carrier: dict[str, str] = {}
+    inject(carrier)
+    return (*metadata, *carrier.items()) if carrier else metadata
 
 
 def read_pem(path: PemPath, what: str) -> bytes:

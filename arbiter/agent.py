@@ -35,11 +35,14 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.struct_pb2 import Struct
+from opentelemetry import trace
+from opentelemetry.propagate import extract
+from opentelemetry.trace import SpanKind, TracerProvider
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from arbiter import settings
 from arbiter._completions import CompletionSender
-from arbiter._grpc import PemPath, is_transient, key_metadata, open_channel
+from arbiter._grpc import PemPath, is_transient, key_metadata, open_channel, traced
 from arbiter.errors import ArbiterError, PermanentError
 from arbiter.models import optional_time, struct_to_dict
 from arbiter.v1 import agent_pb2
@@ -155,13 +158,17 @@ class Agent:
         tls_ca: PemPath | None = None,
         tls_client_cert: PemPath | None = None,
         tls_client_key: PemPath | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         """Addresses and key not given come from ARBITER_REGISTRY_TARGET (or ARBITER_REGISTRY_ADDR),
         ARBITER_ORCHESTRATOR_ADDR and ARBITER_API_KEY; the addresses default to 127.0.0.1:50051/50052.
         Plaintext unless TLS is asked for, as in `Client`: `tls=True`, `tls_ca`, `tls_client_cert` and
         `tls_client_key`, or ARBITER_TLS_CA, ARBITER_TLS_CLIENT_CERT and ARBITER_TLS_CLIENT_KEY.
         `prefetch_tasks` assignments beyond `max_concurrent_tasks` wait here for a free slot (their leases
-        kept meanwhile), so the next task is already here when one finishes: worth it for many short tasks."""
+        kept meanwhile), so the next task is already here when one finishes: worth it for many short tasks.
+        Each attempt runs in an OpenTelemetry span (`tracer_provider`, else the global one; nothing is
+        recorded unless one is configured), a child of the submitter's trace when the task carries it,
+        and the attempt's reports carry that trace to the orchestrator."""
         if max_concurrent_tasks < 1:
             raise ValueError(f"max_concurrent_tasks must be at least 1; got {max_concurrent_tasks}")
         if prefetch_tasks < 0:
@@ -174,6 +181,7 @@ class Agent:
         self.labels = dict(labels or {})
         self.max_concurrent_tasks = max_concurrent_tasks
         self.prefetch_tasks = prefetch_tasks
+        self._tracer = trace.get_tracer("arbiter.agent", tracer_provider=tracer_provider)
         self.registry_address = registry or settings.registry_address()
         self.orchestrator_address = orchestrator or settings.orchestrator_address()
         self._metadata = key_metadata(settings.api_key(api_key))
@@ -421,7 +429,7 @@ class Agent:
         attempt = _Attempt(task_id, assignment.task.task_type, assignment.attempt, _lease_end(assignment))
         attempt.arrived_while_draining = self._draining.is_set()
         self._held[(task_id, attempt.attempt)] = attempt
-        attempt.runner = asyncio.create_task(self._run(attempt, assignment))
+        attempt.runner = asyncio.create_task(self._run_traced(attempt, assignment))
 
     def _revoke(self, task_id: str, attempt_number: int, reason: str) -> None:
         """The attempt is no longer this agent's: cancel its handler and report nothing for it."""
@@ -434,6 +442,21 @@ class Agent:
             attempt.handler_task.cancel()
 
     # Running one attempt.
+
+    async def _run_traced(self, attempt: _Attempt, assignment: opb.Assignment) -> None:
+        """The attempt in its span: a child of the submitter's span when the assignment carries its trace."""
+        parent = extract(dict(assignment.trace_context)) if assignment.trace_context else None
+        with self._tracer.start_as_current_span(
+            f"arbiter.task {attempt.task_type}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "arbiter.task_id": attempt.task_id,
+                "arbiter.attempt": attempt.attempt,
+                "arbiter.agent_id": self.id,
+            },
+        ):
+            await self._run(attempt, assignment)
 
     async def _run(self, attempt: _Attempt, assignment: opb.Assignment) -> None:
         lease_keeper: asyncio.Task[None] | None = None
@@ -543,7 +566,7 @@ class Agent:
             reraise=True,
         ):
             with retrying:
-                return await method(request, metadata=self._metadata, timeout=CALL_TIMEOUT_SECONDS)
+                return await method(request, metadata=traced(self._metadata), timeout=CALL_TIMEOUT_SECONDS)
 
     @staticmethod
     def _log_refused_report(attempt: _Attempt, what: str, code: grpc.StatusCode, details: str) -> None:

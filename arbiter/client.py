@@ -21,7 +21,7 @@ import grpc
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from arbiter import settings
-from arbiter._grpc import TRANSIENT_CODES, PemPath, key_metadata, open_channel
+from arbiter._grpc import TRANSIENT_CODES, PemPath, key_metadata, open_channel, traced
 from arbiter.errors import ArbiterError, WaitTimeout
 from arbiter.models import (
     AgentInfo,
@@ -100,7 +100,7 @@ class Client:
 
     async def _call(self, address: str, method: Callable[..., Awaitable[Response]], request: Any) -> Response:
         try:
-            return await method(request, metadata=self._metadata, timeout=self._timeout)
+            return await method(request, metadata=traced(self._metadata), timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
             raise ArbiterError.from_rpc_error(error, address) from None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -13,12 +14,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from arbiter import Client, Task
 from arbiter.v1 import agent_pb2
 from arbiter.v1 import orchestrator_service_pb2 as opb
 from arbiter.v1 import registry_service_pb2 as rpb
 from shared.api_keys import Role
 from shared.tracing import provider_from_env
-from tests.support.stack import running_stack
+from tests.support.stack import running_stack, serving_agent
 from tests.test_reliability import wait_until_stream_row
 
 WAIT_SECONDS = 15.0
@@ -115,6 +117,42 @@ async def test_the_orchestrators_call_to_the_registry_carries_the_trace(
     assert registry_span.parent.span_id == stream_span.context.span_id or descends_from(
         registry_span, stream_span, spans
     )
+
+
+async def test_one_tasks_trace_runs_from_its_submitter_through_its_agent_and_report_to_the_registry(
+    database_url: str, traced: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    provider, exporter = traced
+
+    async def handle(task: Task) -> dict[str, Any]:
+        return {"done": True}
+
+    async with running_stack(database_url, provider) as stack:
+        async with (
+            serving_agent(stack, "trace-agent", {"traced": handle}, tracer_provider=provider),
+            Client(stack.orchestrator_address, stack.keys[Role.SUBMITTER]) as client,
+        ):
+            with provider.get_tracer("submitter").start_as_current_span("submit work") as root:
+                task = await client.submit("traced", {})
+            await client.wait(task.id, timeout=WAIT_SECONDS)
+            trace_id = root.get_span_context().trace_id
+            registry_name = "/arbiter.v1.RegistryService/RecordOutcomes"
+            spans = await spans_until(
+                exporter,
+                lambda spans: any(
+                    span.context.trace_id == trace_id for span in named(spans, registry_name, SpanKind.SERVER)
+                ),
+            )
+    in_trace = [span for span in spans if span.context.trace_id == trace_id]
+    (submitted,) = named(in_trace, "/arbiter.v1.OrchestratorService/SubmitTask", SpanKind.SERVER)
+    assert submitted.parent is not None and submitted.parent.span_id == root.get_span_context().span_id
+    (handled,) = named(in_trace, "arbiter.task traced", SpanKind.CONSUMER)
+    assert handled.attributes is not None and handled.attributes["arbiter.task_id"] == task.id
+    assert descends_from(handled, submitted, in_trace)
+    (reported,) = named(in_trace, "/arbiter.v1.OrchestratorService/CompleteTasks", SpanKind.SERVER)
+    assert descends_from(reported, handled, in_trace)
+    (recorded,) = named(in_trace, registry_name, SpanKind.SERVER)
+    assert descends_from(recorded, reported, in_trace)
 
 
 def test_spans_are_exported_only_when_the_otel_variables_ask_for_it() -> None:

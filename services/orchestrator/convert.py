@@ -210,7 +210,10 @@ def stream_message_to_pb(
     task = message
     return orchestrator_service_pb2.StreamAssignmentsResponse(
         assignment=orchestrator_service_pb2.Assignment(
-            task=task_to_pb(task), attempt=task.attempt, lease_expires_at=to_timestamp(task.lease_expires_at)
+            task=task_to_pb(task),
+            attempt=task.attempt,
+            lease_expires_at=to_timestamp(task.lease_expires_at),
+            trace_context=task.trace_context,
         )
     )
 

@@ -104,6 +104,8 @@ class TaskRecord:
     pending_reason: str = ""
     tenant: str = tenancy.DEFAULT_TENANT
     submitted_by: str | None = None
+    # The submitting call's W3C trace context (traceparent, tracestate); empty when it was not traced.
+    trace_context: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def routing_type(self) -> str:

@@ -14,6 +14,8 @@ import contextlib
 import logging
 from collections import deque
 
+from opentelemetry.context import Context, attach, detach, get_current
+
 from services.orchestrator.registry_client import Outcome, RegistryClient
 from shared.errors import ArbiterError
 
@@ -33,6 +35,8 @@ class OutcomeReporter:
         self._waiting: deque[Outcome] = deque()
         self._ready = asyncio.Event()
         self.dropped = 0
+        # The trace the first waiting outcome was recorded in: the call that sends them carries it.
+        self._trace: Context | None = None
 
     def record(self, outcome: Outcome) -> None:
         if len(self._waiting) >= MAX_WAITING:
@@ -40,6 +44,8 @@ class OutcomeReporter:
             self.dropped += 1
             if self.dropped % 1000 == 1:
                 logger.warning("registry unreachable: %d outcomes dropped so far", self.dropped)
+        if not self._waiting:
+            self._trace = get_current()
         self._waiting.append(outcome)
         self._ready.set()
 
@@ -57,12 +63,17 @@ class OutcomeReporter:
         """Sends what is waiting, in batches; False when the registry could not take it (kept for later)."""
         while self._waiting:
             batch = [self._waiting.popleft() for _ in range(min(BATCH_SIZE, len(self._waiting)))]
+            token = attach(self._trace) if self._trace is not None else None
             try:
                 await self._registry.record_outcomes(batch)
             except ArbiterError as error:
                 logger.warning("could not record %d outcomes yet: %s", len(batch), error)
                 self._waiting.extendleft(reversed(batch))
                 return False
+            finally:
+                if token is not None:
+                    detach(token)
+        self._trace = None
         self._ready.clear()
         return True
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from opentelemetry.propagate import inject
 
 from services.orchestrator.agent_directory import AgentDirectory
 from services.orchestrator.dispatcher import Dispatcher
@@ -125,7 +126,10 @@ class Orchestrator:
 
     async def submit_many(self, tasks: list[NewTask]) -> list[Submitted]:
         validate_batch_size(len(tasks))
-        submission = Submission.of(tasks)
+        # The call's trace (if it is traced) goes with the tasks to their agents (shared/tracing.py).
+        trace_context: dict[str, str] = {}
+        inject(trace_context)
+        submission = Submission.of(tasks, trace_context)
         # Inserted by the next dispatch round, which hands what it can to free agents in the same commit.
         inserted = await self.dispatcher.insert(submission)
         return await self._store.submitted(submission, inserted)

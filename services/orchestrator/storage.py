@@ -10,7 +10,7 @@ import random
 import uuid
 from collections import Counter
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -45,7 +45,7 @@ _TASK_COLUMNS = """
     id::text AS id, task_type, state, payload, result, error, priority, required_languages,
     required_specializations, required_labels, attempt, max_attempts, timeout_ms, idempotency_key,
     assigned_agent_id, progress, progress_message, lease_expires_at, created_at, updated_at, not_before,
-    schedule_to_start_timeout_ms, assigned_at, tenant, submitted_by::text AS submitted_by
+    schedule_to_start_timeout_ms, assigned_at, tenant, submitted_by::text AS submitted_by, trace_context
 """
 # The same columns where another table in the statement has an id too.
 _QUALIFIED_TASK_COLUMNS = ", ".join(f"t.{column.strip()}" for column in _TASK_COLUMNS.split(","))
@@ -69,12 +69,12 @@ _IN_FLIGHT = "('assigned', 'running')"
 _INSERT_TASKS = f"""
     INSERT INTO tasks (id, task_type, state, payload, priority, required_languages, required_specializations,
                        required_labels, max_attempts, timeout_ms, idempotency_key, schedule_to_start_timeout_ms,
-                       tenant, submitted_by)
+                       tenant, submitted_by, trace_context)
     SELECT new.id, new.task_type, 'pending', new.payload, new.priority,
            ARRAY(SELECT jsonb_array_elements_text(new.languages)),
            ARRAY(SELECT jsonb_array_elements_text(new.specializations)),
            new.labels, new.max_attempts, new.timeout_ms, new.idempotency_key, new.schedule_to_start_timeout_ms,
-           %(tenant)s, %(submitted_by)s::uuid
+           %(tenant)s, %(submitted_by)s::uuid, %(trace_context)s::jsonb
     FROM ROWS FROM (
         jsonb_to_recordset(%(tasks)s)
             AS (id uuid, task_type text, payload jsonb, priority int, languages jsonb, specializations jsonb,
@@ -95,11 +95,13 @@ class Submission:
 
     tasks: list[NewTask]
     ids: list[str]
+    # The submitting call's trace context, stored with each task (empty: untraced).
+    trace_context: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, tasks: list[NewTask]) -> Submission:
+    def of(cls, tasks: list[NewTask], trace_context: dict[str, str] | None = None) -> Submission:
         assert len({(task.tenant, task.submitted_by) for task in tasks}) == 1, "a batch is one submitter's"
-        return cls(tasks, [str(uuid.uuid4()) for _ in tasks])
+        return cls(tasks, [str(uuid.uuid4()) for _ in tasks], trace_context or {})
 
 
 def _insert_parameters(submission: Submission) -> dict[str, Any]:
@@ -125,6 +127,7 @@ def _insert_parameters(submission: Submission) -> dict[str, Any]:
         ),
         "tenant": tasks[0].tenant,
         "submitted_by": tasks[0].submitted_by,
+        "trace_context": Jsonb(submission.trace_context) if submission.trace_context else None,
     }
 
 
@@ -319,6 +322,7 @@ def _record(row: dict[str, Any]) -> TaskRecord:
         assigned_at=row["assigned_at"],
         tenant=row["tenant"],
         submitted_by=row["submitted_by"],
+        trace_context=row["trace_context"] or {},
     )
 
 
