@@ -1,5 +1,6 @@
 """Logging for the services: plain text for a terminal, or one JSON object per line
-(ARBITER_LOG_FORMAT=json) for a log pipeline, with the task, agent and trace a line is about.
+(ARBITER_LOG_FORMAT=json) for a log pipeline, with the task, agent and trace a line is about (the
+trace and span ids of the span current when the line was logged, when tracing is on).
 
 A log call names what it is about with `extra=about(task_id=..., agent_id=...)`; the JSON line carries
 those as fields. Secrets never reach a log line: keys, payloads and database URLs are not logged."""
@@ -10,6 +11,8 @@ import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
+
+from opentelemetry import trace
 
 # Fields a record may carry (through `extra`) that a JSON line shows by name.
 CONTEXT_FIELDS = ("task_id", "agent_id", "tenant", "rpc", "trace_id", "span_id")
@@ -37,6 +40,11 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, name, None)
             if value:
                 entry[name] = value
+        # The trace the event happened in (shared/tracing.py), so a log line leads to its trace.
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid and "trace_id" not in entry:
+            entry["trace_id"] = format(span_context.trace_id, "032x")
+            entry["span_id"] = format(span_context.span_id, "016x")
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False, default=str)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
 from shared.logs import JsonFormatter, about
 from tests.support.processes import ServiceProcesses
@@ -64,3 +65,14 @@ def test_a_json_line_carries_the_exception_and_leaves_out_empty_fields() -> None
     assert entry["message"] == "failed here"
     assert entry["task_id"] == "t-1" and "agent_id" not in entry
     assert "ValueError: boom" in entry["exception"]
+
+
+def test_a_json_line_written_inside_a_span_names_its_trace() -> None:
+    provider = TracerProvider()
+    with provider.get_tracer("test").start_as_current_span("work") as span:
+        record = logging.getLogger("test").makeRecord("test", logging.INFO, __file__, 1, "inside", (), None)
+        entry = json.loads(JsonFormatter().format(record))
+    assert entry["trace_id"] == format(span.get_span_context().trace_id, "032x")
+    assert entry["span_id"] == format(span.get_span_context().span_id, "016x")
+    outside = logging.getLogger("test").makeRecord("test", logging.INFO, __file__, 1, "outside", (), None)
+    assert "trace_id" not in json.loads(JsonFormatter().format(outside))
