@@ -205,9 +205,11 @@ async def start_server(
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None
     if observability.health_address is not None:
-        # Only grpc.health.v1: nothing else is reachable without TLS and an API key.
+        # Only grpc.health.v1 (and reflection of it, for grpcurl): nothing else is reachable without TLS
+        # and an API key.
         health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        reflection.enable_server_reflection((health.SERVICE_NAME, reflection.SERVICE_NAME), health_server)
         health_port = _listen(health_server, observability.health_address, None)
     metrics_http: WSGIServer | None = None
     if observability.metrics_address is not None:

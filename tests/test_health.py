@@ -14,6 +14,7 @@ from arbiter.v1 import orchestrator_service_pb2 as opb
 from arbiter.v1 import orchestrator_service_pb2_grpc
 from shared.api_keys import Role
 from tests.support.database import PostgresForTests
+from tests.support.grpcurl import grpcurl
 from tests.support.stack import Stack, running_stack
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
@@ -81,6 +82,11 @@ async def test_the_health_port_answers_health_in_plaintext_and_nothing_else(data
             assert health_port is not None and health_port != app.port
             await wait_for_status(f"127.0.0.1:{health_port}", service, SERVING)
             await wait_for_status(f"127.0.0.1:{health_port}", "", SERVING)
+            # An operator's grpcurl finds the health service by reflection there too.
+            answer = await asyncio.to_thread(
+                grpcurl, None, f"127.0.0.1:{health_port}", "grpc.health.v1.Health/Check", {"service": service}
+            )
+            assert answer == {"status": "SERVING"}
         async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.orchestrator_app.server.health_port}") as channel:
             stub = orchestrator_service_pb2_grpc.OrchestratorServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as refused:

@@ -18,7 +18,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from arbiter import Client, Task
+from arbiter.v1 import agent_pb2
 from arbiter.v1 import orchestrator_service_pb2 as opb
+from arbiter.v1 import registry_service_pb2 as rpb
 from shared import metrics as shared_metrics
 from shared.api_keys import Role
 from tests.support.stack import Stack, running_stack, serving_agent
@@ -151,6 +153,30 @@ async def test_a_failure_without_attempts_left_counts_as_a_dead_letter_and_a_ret
     after = samples(scrape(port))
     assert value(after, "arbiter_retries_total") - value(before, "arbiter_retries_total") == 1
     assert value(after, "arbiter_dead_letters_total", task_type="failing") == 1
+
+
+async def test_an_attempt_whose_lease_runs_out_counts_as_a_lease_expiry_and_a_retry(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shared_metrics, "REFRESH_SECONDS", 0.1)
+    async with running_stack(database_url, metrics_addr="127.0.0.1:0", lease_seconds=0.5, sweep_seconds=0.1) as stack:
+        port = stack.orchestrator_app.server.metrics_port
+        before = samples(scrape(port))
+        agent = agent_pb2.Agent(id="silent-agent", capabilities=agent_pb2.AgentCapabilities(task_types=["leased"]))
+        await stack.registry().RegisterAgent(rpb.RegisterAgentRequest(agent=agent), metadata=stack.as_role(Role.AGENT))
+        # Takes the task and never reports on it.
+        stream = stack.orchestrator().StreamAssignments(
+            opb.StreamAssignmentsRequest(agent_id="silent-agent"), metadata=stack.as_role(Role.AGENT)
+        )
+        await stack.orchestrator().SubmitTask(
+            opb.SubmitTaskRequest(task_type="leased"), metadata=stack.as_role(Role.SUBMITTER)
+        )
+        async with asyncio.timeout(WAIT_SECONDS):
+            assert (await stream.read()).WhichOneof("kind") == "assignment"
+        found = await eventually_scraped(port, "arbiter_lease_expiries_total", lambda count: count >= 1)
+        stream.cancel()
+    assert value(found, "arbiter_lease_expiries_total") - value(before, "arbiter_lease_expiries_total") >= 1
+    assert value(found, "arbiter_retries_total") - value(before, "arbiter_retries_total") >= 1
 
 
 def referenced_metrics() -> set[str]:
