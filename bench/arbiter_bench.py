@@ -43,7 +43,7 @@ from functools import partial
 from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -501,21 +501,31 @@ SCENARIOS: dict[str, Callable[[Stack, int, Path], Any]] = {
 }
 
 
+Figures = TypeVar("Figures")
+
+
+def measure_on_fresh_stack(scratch_dir: Path, measure: Callable[[Stack], Coroutine[Any, Any, Figures]]) -> Figures:
+    """Starts both services, runs `measure` against them and stops them; when it fails, the end of each
+    service's log goes to stderr first."""
+    stack = start_stack(scratch_dir)
+    try:
+        figures = asyncio.run(measure(stack))
+    except BaseException:
+        stop_stack(stack)
+        for log in sorted(scratch_dir.glob("*.log")):
+            sys.stderr.write(f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}\n")
+        raise
+    stop_stack(stack)
+    return figures
+
+
 def run_repetition(scenario: str, repetition: int, tasks: int, rate: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"arbiter-bench-{scenario}-") as scratch:
         scratch_dir = Path(scratch)
         record_dir = scratch_dir / "records"
         record_dir.mkdir()
-        stack = start_stack(scratch_dir)
-        try:
-            run = partial(run_latency, rate=rate) if scenario == "latency" else SCENARIOS[scenario]
-            figures = asyncio.run(run(stack, tasks, record_dir))
-        except BaseException:
-            stop_stack(stack)
-            for log in sorted(scratch_dir.glob("*.log")):
-                sys.stderr.write(f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}\n")
-            raise
-        stop_stack(stack)
+        run = partial(run_latency, rate=rate) if scenario == "latency" else SCENARIOS[scenario]
+        figures = measure_on_fresh_stack(scratch_dir, lambda stack: run(stack, tasks, record_dir))
     seconds = figures.pop("seconds")
     return {
         "system": "arbiter",

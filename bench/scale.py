@@ -65,10 +65,9 @@ from bench.arbiter_bench import (
     SERVER_URL,
     TASK_TYPE,
     Stack,
+    measure_on_fresh_stack,
     percentiles,
-    start_stack,
     stop_agents,
-    stop_stack,
     submit_batches,
     wait_for_count,
 )
@@ -425,17 +424,7 @@ async def measure_streams_on(stack: Stack, agents: int) -> dict[str, Any]:
 
 def measure_streams(agents: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="arbiter-bench-scale-") as scratch:
-        scratch_dir = Path(scratch)
-        stack = start_stack(scratch_dir)
-        try:
-            figures = asyncio.run(measure_streams_on(stack, agents))
-        except BaseException:
-            stop_stack(stack)
-            for log in sorted(scratch_dir.glob("*.log")):
-                sys.stderr.write(f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}\n")
-            raise
-        stop_stack(stack)
-    return figures
+        return measure_on_fresh_stack(Path(scratch), lambda stack: measure_streams_on(stack, agents))
 
 
 # The claims scenario.
