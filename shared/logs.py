@@ -14,6 +14,8 @@ from typing import Any
 
 from opentelemetry import trace
 
+from shared import tenancy
+
 # Fields a record may carry (through `extra`) that a JSON line shows by name.
 CONTEXT_FIELDS = ("task_id", "agent_id", "tenant", "rpc", "trace_id", "span_id")
 LOG_FORMATS = ("text", "json")
@@ -23,6 +25,11 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def about(**fields: str | None) -> dict[str, str]:
     """`extra` for a log call: the task, agent… it is about (empty values left out)."""
     return {name: value for name, value in fields.items() if value}
+
+
+def about_agent(qualified_id: str) -> dict[str, str]:
+    """`extra` for a log call about an agent, named by its tenant-qualified id."""
+    return about(agent_id=tenancy.plain(qualified_id), tenant=tenancy.tenant_of(qualified_id))
 
 
 class JsonFormatter(logging.Formatter):

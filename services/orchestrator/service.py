@@ -44,7 +44,7 @@ from services.orchestrator.sessions import AgentSession, AgentSessions
 from services.orchestrator.storage import Submission, TaskStore
 from shared import tenancy, validation
 from shared.errors import Aborted, ArbiterError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from shared.logs import about
+from shared.logs import about_agent
 from shared.pagination import decode_page_token, encode_page_token
 from shared.tenancy import TaskScope
 
@@ -336,7 +336,7 @@ class Orchestrator:
         stream_id = str(uuid.uuid4())
         with self.sessions.open(profile) as session:
             logger.info(
-                "agent %s connected (%d streams open)", agent_id, len(self.sessions), extra=_about_agent(agent_id)
+                "agent %s connected (%d streams open)", agent_id, len(self.sessions), extra=about_agent(agent_id)
             )
             try:
                 async with self.dispatcher.lock:
@@ -370,7 +370,7 @@ class Orchestrator:
                 yield OrchestratorDraining(f"orchestrator {self.instance_id} is shutting down; reconnect")
             finally:
                 session.close()
-                logger.info("agent %s disconnected", agent_id, extra=_about_agent(agent_id))
+                logger.info("agent %s disconnected", agent_id, extra=about_agent(agent_id))
                 # Shielded: the stream's own cancellation must not cut the release short.
                 await asyncio.shield(self._stream_closed(session, stream_id))
 
@@ -401,7 +401,7 @@ class Orchestrator:
                 )
         except ArbiterError as error:
             logger.info(
-                "releasing agent %s's tasks without its status (%s)", agent_id, error, extra=_about_agent(agent_id)
+                "releasing agent %s's tasks without its status (%s)", agent_id, error, extra=about_agent(agent_id)
             )
         try:
             async with self.dispatcher.lock:
@@ -413,12 +413,12 @@ class Orchestrator:
                 "could not release agent %s's tasks; their leases will: %s",
                 agent_id,
                 error,
-                extra=_about_agent(agent_id),
+                extra=about_agent(agent_id),
             )
             return
         if released:
             logger.info(
-                "agent %s's stream closed: released %d task(s)", agent_id, len(released), extra=_about_agent(agent_id)
+                "agent %s's stream closed: released %d task(s)", agent_id, len(released), extra=about_agent(agent_id)
             )
             self.dispatcher.wake()
 
@@ -462,7 +462,7 @@ class Orchestrator:
                         "shutdown: released %d task(s) of agent %s",
                         len(released),
                         agent_id,
-                        extra=_about_agent(agent_id),
+                        extra=about_agent(agent_id),
                     )
         except psycopg.Error as error:
             logger.warning("shutdown: could not release held tasks; their leases will: %s", error)
@@ -479,8 +479,3 @@ class Orchestrator:
     def _raise_if_superseded(session: AgentSession, agent_id: str) -> None:
         if session.superseded:
             raise Aborted(f"a newer assignment stream for agent '{tenancy.plain(agent_id)}' replaced this one")
-
-
-def _about_agent(agent_id: str) -> dict[str, str]:
-    """Log fields naming the agent (a qualified id) and its tenant."""
-    return about(agent_id=tenancy.plain(agent_id), tenant=tenancy.tenant_of(agent_id))

@@ -26,7 +26,7 @@ from services.registry.domain import (
 from services.registry.storage import AgentStore, DegradationUpdate
 from shared import tenancy, validation
 from shared.errors import InvalidArgument, NotFound, Unavailable
-from shared.logs import about
+from shared.logs import about_agent
 from shared.pagination import decode_page_token, encode_page_token
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class Registry:
             "agent %s registered for %s",
             tenancy.plain(registration.id),
             ", ".join(registration.task_types),
-            extra=about(agent_id=tenancy.plain(registration.id), tenant=tenancy.tenant_of(registration.id)),
+            extra=about_agent(registration.id),
         )
         return record
 
