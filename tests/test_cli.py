@@ -451,7 +451,9 @@ async def test_tasks_explain_of_a_waiting_task_says_why_and_scores_the_candidate
 
         async def first_held_and_second_waiting() -> TaskInfo | None:
             held, pending = await client.get(first.id), await client.get(waiting.id)
-            ready = held.state in (TaskState.ASSIGNED, TaskState.RUNNING) and pending.pending_reason
+            # The reason comes from the live view of agents, which may learn of the agent a moment after
+            # its stream took the first task: wait until it names the agent, as the explanation will.
+            ready = held.state in (TaskState.ASSIGNED, TaskState.RUNNING) and "one-slot-agent" in pending.pending_reason
             return pending if ready else None
 
         pending = await wait_for(

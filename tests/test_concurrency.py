@@ -13,7 +13,11 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests.support.stub_agent import fleet
+from arbiter import Client
+from shared.api_keys import Role
+from tests.support.processes import ServiceProcesses
+from tests.support.sdk_agent import events_of, start_sdk_agent, wait_for, wait_for_event
+from tests.support.stub_agent import AgentProcess, fleet
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]
 
@@ -125,3 +129,60 @@ def test_one_agent_of_concurrency_one_runs_tasks_in_strict_priority_then_submit_
     assert [row["id"] for row in sorted(rows.values(), key=lambda row: row["assigned_at"])] == expected
     assert {event["in_flight"] for event in events if event["event"] == "assigned"} == {1}
     assert {row["state"] for row in rows.values()} == {"completed"}
+
+
+async def _submitted_one_by_one_to_a_running_agent(
+    services: ServiceProcesses, tmp_path: Path
+) -> tuple[list[str], AgentProcess]:
+    """An SDK agent of concurrency 2 (which reports through CompleteTasks, recorded in dispatch rounds)
+    already working; then 60 tasks of 10–20 ms submitted one call at a time, faster than it works them
+    off, so that some go straight to a free slot and the rest wait behind each other."""
+    agent = start_sdk_agent(services, "sdk-pair", 2, tmp_path)
+    try:
+        async with Client(
+            services.orchestrator_address, services.keys[Role.SUBMITTER], registry_address=services.registry_address
+        ) as client:
+            first = await client.submit("slow", {"ms": 1})
+            await wait_for_event(agent, "finished", first.id)
+            ids = [(await client.submit("slow", {"ms": 10 + number % 11})).id for number in range(60)]
+
+            async def all_finished() -> bool:
+                return {event["task_id"] for event in events_of(agent, "finished")} >= set(ids)
+
+            await wait_for(all_finished, "60 tasks finished", agent=agent)
+    finally:
+        agent.stop()
+        print(agent.report())
+    return ids, agent
+
+
+def most_held_at_once(database_url: str, agent_id: str) -> int:
+    """The most attempts the agent held at once, replaying the tasks' recorded state changes in order."""
+    with psycopg.connect(database_url) as connection:
+        changes = connection.execute(
+            "SELECT from_state, to_state FROM task_events WHERE agent_id = %s ORDER BY id", (agent_id,)
+        ).fetchall()
+    held = most = 0
+    for from_state, to_state in changes:
+        was_held, is_held = from_state in ("assigned", "running"), to_state in ("assigned", "running")
+        held += int(is_held) - int(was_held)
+        most = max(most, held)
+    return most
+
+
+async def test_tasks_submitted_to_a_working_agent_start_in_submit_order_when_some_must_wait(
+    services: ServiceProcesses, tmp_path: Path
+) -> None:
+    # A task submitted while none waits goes straight to a free slot; once some wait, a newer one must
+    # not overtake them (dispatcher: the cheap round routes new work only when no backlog can exist).
+    ids, agent = await _submitted_one_by_one_to_a_running_agent(services, tmp_path)
+    started = [event["task_id"] for event in events_of(agent, "started") if event["task_id"] in set(ids)]
+    assert started == ids
+
+
+async def test_tasks_submitted_to_a_working_agent_never_exceed_what_it_may_hold(
+    services: ServiceProcesses, tmp_path: Path
+) -> None:
+    await _submitted_one_by_one_to_a_running_agent(services, tmp_path)
+    # Both slots were used (the check is not vacuous), never more.
+    assert most_held_at_once(services.database_url, "default/sdk-pair") == 2

@@ -9,6 +9,14 @@ slot share one commit, and a burst of completions costs one round, not one each.
 Rounds run one at a time; opening and closing a stream waits for the round in progress (`lock`), so an
 assignment is never made to a stream that is already gone without its release seeing it.
 
+A round that cannot find PENDING work its agents could take is cheaper (storage.dispatch_new): when the last
+full round left none behind and nothing since could have made more (every such event wakes the dispatcher:
+a task submitted or put back elsewhere, a slot freed outside a round, an agent that connected or changed,
+the end of a backoff, the safety poll), the only work to route is what is submitted now. It is routed
+before it is inserted, against what each agent holds as the rounds have counted it, and inserted and
+assigned in one round trip. That is how a new task goes straight to a waiting agent (as Temporal's "sync
+match" does), and only when there is no backlog, so the order of waiting work is kept.
+
 Several orchestrators each route among their own connected agents; SKIP LOCKED keeps them from taking the
 same task, and the agents' track records (the registry's) are shared by all.
 """
@@ -16,7 +24,6 @@ same task, and the agents' track records (the registry's) are shared by all.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -79,14 +86,22 @@ class Dispatcher:
         # Set while rounds fail (e.g. the database is down): callers then go on their own, so each waits
         # for its own attempt only, not behind a failing round and the retry pause after it.
         self._failing = False
+        # Whether PENDING work a connected agent could take may exist beyond the next round's submissions:
+        # cleared by a full round that leaves none, set by whatever could make some (see the module's doc).
+        self._backlog_possible = True
+        # What each agent holds, as of the last full round (read from the database then) and counted
+        # since by this dispatcher's rounds. Slots freed outside rounds make it too high until the next
+        # full round, never too low: every assignment to an agent connected here is made by a round here.
+        self._held: dict[str, int] = {}
 
     def wake(self) -> None:
         """There may be work for a connected agent (new task, free slot, changed agent, ended backoff)."""
+        self._backlog_possible = True
         self._wakeup.set()
 
     def wake_for_agents(self, agent_ids: set[str]) -> None:
         if any(agent_id in self._sessions for agent_id in agent_ids):
-            self._wakeup.set()
+            self.wake()
 
     async def insert(self, submission: Submission) -> dict[str, TaskRecord]:
         """Inserts the tasks in the next round, where any a free agent can take are assigned in the same
@@ -130,6 +145,7 @@ class Dispatcher:
             except Exception as error:  # the dispatcher must outlive any one failure
                 logger.warning("dispatch round failed; retrying: %s", error)
                 self._failing = True
+                self._backlog_possible = True
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
             self._failing = False
@@ -137,9 +153,12 @@ class Dispatcher:
                 continue
             # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow a cancellation that
             # arrives as the event is set, and the loop would outlive its app.
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(self._poll_seconds):
                     await self._wakeup.wait()
+            except TimeoutError:
+                # The safety poll looks for work whatever the dispatcher believes.
+                self._backlog_possible = True
 
     async def dispatch_once(self) -> list[Assigned]:
         async with self.lock:
@@ -173,24 +192,75 @@ class Dispatcher:
             profiles = []
         if not profiles and not submissions and not completions:
             return Round({}, {}, [], False)
+        if self._backlog_possible:
+            return await self._full_round(profiles, submissions, completions)
+        return await self._new_work_round(profiles, submissions, completions)
+
+    async def _full_round(
+        self, profiles: list[AgentProfile], submissions: list[Submission], completions: list[Completion]
+    ) -> Round:
+        """Looks for PENDING work for every agent with a free slot (storage.dispatch)."""
+        # Cleared first: news arriving during the round sets it again.
+        self._backlog_possible = False
+        held_before: dict[str, int] = {}
+        left_unplanned = some_agent_full = False
 
         def queries_for(held: dict[str, int]) -> list[WorkQuery]:
+            nonlocal some_agent_full
+            held_before.update(held)
             if not profiles:
                 return []
             self._table.refresh(profiles, held)
+            # A full agent's work is not looked for: some may be waiting for its next free slot.
+            some_agent_full = any(agent.free_slots <= 0 for agent in self._table.agents())
             return work_queries(self._table.agents())
 
         def plan(candidates: list[TaskRecord]) -> list[tuple[TaskRecord, Decision]]:
-            with metrics.ROUTING_SECONDS.time():
-                return plan_assignments(
-                    candidates, self._table, self._router, self._directory.outcomes_of_type, self._share
-                )
+            nonlocal left_unplanned
+            planned = self._plan(candidates)
+            left_unplanned = len(planned) < len(candidates)
+            return planned
 
         result = await self._store.dispatch(
             submissions, completions, [profile.id for profile in profiles], queries_for, plan
         )
+        # Read after this round's completions were recorded, before its assignments.
+        self._held = {profile.id: held_before.get(profile.id, 0) for profile in profiles}
+        self._count_assigned(result)
         self._more_may_wait = more_work_may_wait(result.limit_reached, self._table)
+        if result.limit_reached or left_unplanned or some_agent_full:
+            self._backlog_possible = True
         return result
+
+    async def _new_work_round(
+        self, profiles: list[AgentProfile], submissions: list[Submission], completions: list[Completion]
+    ) -> Round:
+        """No PENDING work waits for these agents: routes the submitted tasks only (storage.dispatch_new).
+        An agent whose holdings no full round has counted yet gets nothing here."""
+        counted = [profile for profile in profiles if profile.id in self._held]
+        self._table.refresh(counted, self._held)
+        result = await self._store.dispatch_new(submissions, completions, self._plan)
+        recorded = result.completed.keys()
+        for completion in completions:
+            report = completion.report
+            if (report.task_id, report.attempt) in recorded and self._held.get(report.agent_id, 0) > 0:
+                self._held[report.agent_id] -= 1
+        self._count_assigned(result)
+        if len(result.assigned) < len(result.inserted):
+            # Some stayed PENDING (no free slot here): a full round looks again at once.
+            self._backlog_possible = self._more_may_wait = True
+        return result
+
+    def _plan(self, candidates: list[TaskRecord]) -> list[tuple[TaskRecord, Decision]]:
+        with metrics.ROUTING_SECONDS.time():
+            return plan_assignments(
+                candidates, self._table, self._router, self._directory.outcomes_of_type, self._share
+            )
+
+    def _count_assigned(self, result: Round) -> None:
+        for assigned in result.assigned:
+            agent_id = assigned.decision.agent_id
+            self._held[agent_id] = self._held.get(agent_id, 0) + 1
 
     def _current_profile(self, known_at_connect: AgentProfile) -> AgentProfile:
         """The registry's latest word on the agent (the live view), or what it was when it connected if

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
@@ -97,6 +97,9 @@ class Submission:
     ids: list[str]
     # The submitting call's trace context, stored with each task (empty: untraced).
     trace_context: dict[str, str] = field(default_factory=dict)
+
+    def tasks_by_id(self) -> list[tuple[str, NewTask]]:
+        return list(zip(self.ids, self.tasks, strict=True))
 
     @classmethod
     def of(cls, tasks: list[NewTask], trace_context: dict[str, str] | None = None) -> Submission:
@@ -242,6 +245,51 @@ def _completed(rows: list[DictRow]) -> dict[tuple[str, int], CompletedAttempt]:
         (row["id"], row["attempt"]): CompletedAttempt(row["id"], row["attempt"], row["task_type"], row["assigned_at"])
         for row in rows
     }
+
+
+async def _queue_inserts_and_completions(
+    connection: AsyncConnection[DictRow], submissions: list[Submission], completions: list[Completion]
+) -> tuple[list[AsyncCursor[DictRow]], AsyncCursor[DictRow] | None]:
+    """In a pipeline: queues insert_tasks per submission and complete_tasks for the completions, without
+    waiting for their rows."""
+    inserting = [await connection.execute(_INSERT_TASKS, _insert_parameters(submission)) for submission in submissions]
+    completing = await connection.execute(_COMPLETE_TASKS, _completion_parameters(completions)) if completions else None
+    return inserting, completing
+
+
+def _submitted_record(task_id: str, task: NewTask) -> TaskRecord:
+    """A submitted task as its row will read once inserted, as far as routing looks at it."""
+    now = datetime.now(UTC)
+    return TaskRecord(
+        id=task_id,
+        task_type=task.task_type,
+        state=TaskState.PENDING,
+        payload=task.payload,
+        result=None,
+        error="",
+        priority=task.priority,
+        requirements=task.requirements,
+        attempt=1,
+        max_attempts=task.max_attempts,
+        timeout_ms=task.timeout_ms,
+        idempotency_key=task.idempotency_key,
+        assigned_agent_id=None,
+        progress=0.0,
+        progress_message="",
+        lease_expires_at=None,
+        created_at=now,
+        updated_at=now,
+        schedule_to_start_timeout_ms=task.schedule_to_start_timeout_ms,
+        tenant=task.tenant,
+        submitted_by=task.submitted_by,
+    )
+
+
+async def _assigned(cursor: AsyncCursor[DictRow], planned: list[tuple[TaskRecord, Decision]]) -> list[Assigned]:
+    """The rows _ASSIGN returned, each with its decision, in the planned order (a task whose row was not
+    there to update is left out)."""
+    rows = {row["id"]: _record(row) for row in await cursor.fetchall()}
+    return [Assigned(rows[task.id], decision) for task, decision in planned if task.id in rows]
 
 
 @dataclass(frozen=True)
@@ -462,12 +510,7 @@ class TaskStore:
         submitted in the round can be assigned in it: a free agent gets new work with one commit. Pipelined:
         at most three round trips to the database, whatever the number of tasks."""
         async with self._pool.connection() as connection, connection.pipeline(), connection.transaction():
-            inserting = [
-                await connection.execute(_INSERT_TASKS, _insert_parameters(submission)) for submission in submissions
-            ]
-            completing = (
-                await connection.execute(_COMPLETE_TASKS, _completion_parameters(completions)) if completions else None
-            )
+            inserting, completing = await _queue_inserts_and_completions(connection, submissions, completions)
             cursor = await connection.execute(_HELD_COUNTS, (agent_ids,))
             held = {row["assigned_agent_id"]: row["held"] for row in await cursor.fetchall()}
             inserted = {row["id"]: _record(row) for each in inserting for row in await each.fetchall()}
@@ -485,31 +528,49 @@ class TaskStore:
             planned = plan(list(unique.values()))
             if not planned:
                 return Round(inserted, completed, [], limit_reached)
-            cursor = await connection.execute(
-                _ASSIGN,
-                {
-                    "chosen": Jsonb(
-                        [
-                            {
-                                "id": task.id,
-                                "agent_id": decision.agent_id,
-                                "strategy": decision.strategy.value,
-                                "confidence": decision.confidence,
-                                "score": decision.score,
-                                "explored": decision.explored,
-                                "reason": decision.reason,
-                                "alternatives": _alternatives_json(decision),
-                            }
-                            for task, decision in planned
-                        ]
-                    ),
-                    "lease_seconds": self._lease_seconds,
-                },
-            )
+            cursor = await connection.execute(_ASSIGN, self._assign_parameters(planned))
         # The rows arrived with the commit (the pipeline syncs when the transaction ends).
-        assigned = {row["id"]: _record(row) for row in await cursor.fetchall()}
-        assigned_now = [Assigned(assigned[task.id], decision) for task, decision in planned]
-        return Round(inserted, completed, assigned_now, limit_reached)
+        return Round(inserted, completed, await _assigned(cursor, planned), limit_reached)
+
+    async def dispatch_new(
+        self, submissions: list[Submission], completions: list[Completion], plan: AssignmentPlanner
+    ) -> Round:
+        """dispatch_new_round: for when no PENDING task can be waiting for the agents (the dispatcher knows
+        when, see Dispatcher): the only work to route is the submitted tasks, so they are routed before they
+        exist, then inserted (as insert_tasks), the completions recorded (as complete_tasks) and the routed
+        tasks assigned with their decisions (as in dispatch_round), in one transaction and one round trip to
+        the database. A submitted task that was not inserted (its idempotency key was taken) is not
+        assigned; one left unrouted stays PENDING."""
+        submitted = [_submitted_record(task_id, task) for each in submissions for task_id, task in each.tasks_by_id()]
+        planned = plan(submitted)
+        async with self._pool.connection() as connection, connection.pipeline(), connection.transaction():
+            inserting, completing = await _queue_inserts_and_completions(connection, submissions, completions)
+            assigning = await connection.execute(_ASSIGN, self._assign_parameters(planned)) if planned else None
+        # Every row arrived with the commit.
+        inserted = {row["id"]: _record(row) for each in inserting for row in await each.fetchall()}
+        completed = _completed(await completing.fetchall()) if completing else {}
+        assigned = await _assigned(assigning, planned) if assigning else []
+        return Round(inserted, completed, assigned, False)
+
+    def _assign_parameters(self, planned: list[tuple[TaskRecord, Decision]]) -> dict[str, Any]:
+        return {
+            "chosen": Jsonb(
+                [
+                    {
+                        "id": task.id,
+                        "agent_id": decision.agent_id,
+                        "strategy": decision.strategy.value,
+                        "confidence": decision.confidence,
+                        "score": decision.score,
+                        "explored": decision.explored,
+                        "reason": decision.reason,
+                        "alternatives": _alternatives_json(decision),
+                    }
+                    for task, decision in planned
+                ]
+            ),
+            "lease_seconds": self._lease_seconds,
+        }
 
     async def with_routing(self, records: list[TaskRecord]) -> list[TaskRecord]:
         """latest_routing_decisions: each task with the decision for its latest routed attempt, if any."""
