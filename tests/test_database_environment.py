@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -194,7 +195,7 @@ def test_env_example_documents_the_pg_fallback() -> None:
 
 def test_sourcing_env_example_gives_the_default_configuration() -> None:
     shell = subprocess.run(
-        ["bash", "-c", f"set -a && . {ENV_EXAMPLE} && set +a && env -0"],
+        ["bash", "-c", f"set -a && . {shlex.quote(str(ENV_EXAMPLE))} && set +a && env -0"],
         env={"PATH": os.environ["PATH"]},
         capture_output=True,
         text=True,
