@@ -9,7 +9,7 @@ BENCH_ARGS ?=
 PROTO_FILES := $(wildcard proto/arbiter/v1/*.proto)
 ROLE ?= submitter
 
-.PHONY: install proto proto-check lint test run migrate keys clean bench
+.PHONY: install proto proto-check lint test run migrate keys clean bench env-example
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ run: $(INSTALLED) proto
 
 migrate: $(INSTALLED)
 	$(VENV)/bin/arbiter migrate
+
+# .env.example is written from SETTINGS in shared/config.py; a test fails when the committed one differs.
+env-example: $(INSTALLED)
+	$(PY) -m shared.env_example > .env.example
 
 # The peers (Celery, procrastinate) and matplotlib, only for the benchmark.
 $(BENCH_INSTALLED): $(INSTALLED) bench/requirements.txt

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.api_keys import KeyHasher, MissingPepper
+from shared.libpq_environment import LIBPQ_VARIABLES, conninfo_from_libpq_variables
 from shared.logs import LOG_FORMATS
 from shared.rate_limits import DEFAULT_RATE_LIMITS, BucketLimit, parse_rate_limits
 
@@ -133,8 +134,9 @@ SETTINGS: tuple[Setting, ...] = (
         "database_url",
         None,
         _text,
-        "PostgreSQL URL, e.g. postgresql://user@host:5432/arbiter. Required by the services; "
-        "`make run` starts an embedded PostgreSQL under ARBITER_STATE_DIR when it is unset.",
+        "PostgreSQL URL, e.g. postgresql://user@host:5432/arbiter. Unset, libpq's PGHOST, PGPORT, PGDATABASE, "
+        "PGUSER and PGPASSWORD are used if any is set. The services need one or the other; `make run` and the "
+        "`arbiter` database commands start an embedded PostgreSQL under ARBITER_STATE_DIR when neither is.",
     ),
     Setting("ARBITER_REGISTRY_ADDR", "registry_addr", "127.0.0.1:50051", _address, "Where the registry listens."),
     Setting(
@@ -430,6 +432,7 @@ SETTINGS: tuple[Setting, ...] = (
 
 @dataclass(frozen=True)
 class Config:
+    # ARBITER_DATABASE_URL, else a connection string made of the PG* variables (shared/libpq_environment.py).
     database_url: str | None
     registry_addr: str
     orchestrator_addr: str
@@ -490,6 +493,8 @@ class Config:
                 values[setting.field] = setting.parse(raw.strip())
             except ValueError as error:
                 problems.append(f"{setting.env}={raw!r}: {error}")
+        if values.get("database_url") is None:
+            values["database_url"] = conninfo_from_libpq_variables(environ)
         if not problems and values["db_pool_min_size"] > values["db_pool_max_size"]:
             problems.append("ARBITER_DB_POOL_MIN_SIZE is above ARBITER_DB_POOL_MAX_SIZE")
         if not problems and values["max_message_bytes"] < values["max_payload_bytes"] + MESSAGE_HEADROOM_BYTES:
@@ -505,8 +510,8 @@ class Config:
     def require_database_url(self) -> str:
         if not self.database_url:
             raise ConfigError(
-                "ARBITER_DATABASE_URL is not set: give a PostgreSQL URL, "
-                "or use `make run`, which starts an embedded PostgreSQL"
+                "no database: set ARBITER_DATABASE_URL to a PostgreSQL URL, or libpq's variables "
+                f"({', '.join(LIBPQ_VARIABLES)}); or use `make run`, which starts an embedded PostgreSQL"
             )
         return self.database_url
 

@@ -1,5 +1,5 @@
-"""`make run`: PostgreSQL (embedded unless ARBITER_DATABASE_URL is set), migrations, dev keys, and
-both services as child processes, until Ctrl-C."""
+"""`make run`: PostgreSQL (embedded unless ARBITER_DATABASE_URL or libpq's PG* variables are set),
+migrations, dev keys, and both services as child processes, until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -21,6 +22,7 @@ from shared.api_keys import KeyHasher, KeySpec, Role, create_key, find_key
 from shared.config import Config, ConfigError
 from shared.database import migrate, open_pool
 from shared.embedded_postgres import database_url
+from shared.libpq_environment import libpq_variables_set, without_password
 from shared.logs import configure_logging
 
 READY_TIMEOUT_SECONDS = 30.0
@@ -143,7 +145,16 @@ def metrics_addresses(config: Config) -> dict[str, str]:
     return {"services.registry": f"{host}:{port}", "services.orchestrator": f"{host}:{int(port) + 1}"}
 
 
-def banner(config: Config, keys_path: Path) -> str:
+def database_note(environ: Mapping[str, str]) -> str | None:
+    """What to tell the user when libpq's variables, not ARBITER_DATABASE_URL, choose the database: with
+    them set they would expect that server, not the embedded one."""
+    named = libpq_variables_set(environ)
+    if environ.get("ARBITER_DATABASE_URL", "").strip() or not named:
+        return None
+    return f"make run: ARBITER_DATABASE_URL is unset; using the PostgreSQL {', '.join(named)} name"
+
+
+def banner(config: Config, keys_path: Path, url: str) -> str:
     registry, orchestrator = dial_address(config.registry_addr), dial_address(config.orchestrator_addr)
     metrics = {module: dial_address(address) for module, address in metrics_addresses(config).items()}
     return f"""
@@ -151,6 +162,7 @@ Arbiter is running.
   registry      {registry}
   orchestrator  {orchestrator}
   metrics       http://{metrics["services.registry"]}/metrics, http://{metrics["services.orchestrator"]}/metrics
+  database      {without_password(url)}
   API keys      {keys_path}  (one per role)
   TLS           OFF: plaintext (ARBITER_ALLOW_INSECURE=true), fine on this machine only. To serve TLS, run
                 the services yourself with ARBITER_TLS_CERT and ARBITER_TLS_KEY (README, TLS).
@@ -181,6 +193,9 @@ def run(config: Config) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
 
+    note = database_note(os.environ)
+    if note:
+        print(note, file=sys.stderr, flush=True)
     with database_url(config) as url:
         asyncio.run(migrate(url))
         keys_path = state_dir / "dev-keys.env"
@@ -202,7 +217,7 @@ def run(config: Config) -> int:
                 )
                 processes.append(process)
                 wait_until_serving(dial_address(address), process)
-            print(banner(config, keys_path), flush=True)
+            print(banner(config, keys_path, url), flush=True)
             while not stop_requested:
                 for process in processes:
                     if process.poll() is not None:

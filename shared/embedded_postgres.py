@@ -1,4 +1,5 @@
-"""The embedded PostgreSQL `make run` uses when ARBITER_DATABASE_URL is unset (the pgserver package).
+"""The embedded PostgreSQL `make run` uses when neither ARBITER_DATABASE_URL nor libpq's PG* variables
+are set (the pgserver package).
 
 It listens on a unix socket in the data folder, never on TCP. It stops when the last process
 holding it exits; one left by a killed run is found and reused on the next start.
@@ -49,7 +50,8 @@ class EmbeddedPostgres:
 
 @contextlib.contextmanager
 def database_url(config: Config) -> Iterator[str]:
-    """The configured database, or the embedded one under ARBITER_STATE_DIR while the block runs."""
+    """The configured database (ARBITER_DATABASE_URL, else the PG* variables), or the embedded one under
+    ARBITER_STATE_DIR while the block runs."""
     if config.database_url:
         yield config.database_url
         return

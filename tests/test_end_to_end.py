@@ -12,8 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 from google.protobuf.struct_pb2 import Struct
+from psycopg.conninfo import conninfo_to_dict
 
 from arbiter.v1 import (
     agent_pb2,
@@ -24,12 +26,16 @@ from arbiter.v1 import (
     task_pb2,
 )
 from shared.api_keys import Role
-from shared.devstack import wait_until_serving
+from shared.devstack import DEV_KEY_DESCRIPTION, wait_until_serving
+from shared.libpq_environment import LIBPQ_VARIABLES
 from tests.support.grpcurl import GRPCURL, grpcurl, wait_for
 from tests.support.processes import REPO_ROOT, ServiceProcesses, free_port
 from tests.support.stack import metadata
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]
+
+# Trust authentication ignores it; it must show up in no log either way.
+PASSWORD_NOT_TO_LOG = "pg-password-never-logged"
 
 
 async def test_readme_walkthrough_with_generated_stubs(services: ServiceProcesses) -> None:
@@ -103,7 +109,8 @@ async def test_readme_walkthrough_with_generated_stubs(services: ServiceProcesse
 
 
 class MakeRun:
-    """`python -m shared.devstack`, exactly what `make run` runs, with no ARBITER_DATABASE_URL."""
+    """`python -m shared.devstack`, exactly what `make run` runs, with no ARBITER_DATABASE_URL nor PG*
+    variables unless start() is given some."""
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
@@ -112,16 +119,17 @@ class MakeRun:
         self.log = state_dir / "make-run.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, **variables: str) -> None:
         environment = {
             key: value
             for key, value in os.environ.items()
-            if key not in ("ARBITER_DATABASE_URL", "ARBITER_SERVICE_KEY")
+            if key not in ("ARBITER_DATABASE_URL", "ARBITER_SERVICE_KEY", *LIBPQ_VARIABLES)
         }
         environment.update(
             ARBITER_STATE_DIR=str(self.state_dir),
             ARBITER_REGISTRY_ADDR=self.registry_address,
             ARBITER_ORCHESTRATOR_ADDR=self.orchestrator_address,
+            **variables,
         )
         self.process = subprocess.Popen(
             [sys.executable, "-m", "shared.devstack"],
@@ -240,4 +248,26 @@ def test_make_run_serves_the_grpcurl_walkthrough_on_embedded_postgres_and_keeps_
     assert again["task"]["result"] == {"echo": "hello"}  # type: ignore[index]
     agent = grpcurl(agent_key, registry, "arbiter.v1.RegistryService/GetAgent", {"agentId": "echo-1"})
     assert agent["agent"]["id"] == "echo-1"  # type: ignore[index]
+    assert make_run.interrupt() == 0
+
+
+def test_make_run_uses_the_postgresql_the_pg_variables_name_instead_of_the_embedded_one(
+    make_run: MakeRun, database_url: str
+) -> None:
+    parts = conninfo_to_dict(database_url)
+    make_run.start(
+        PGHOST=str(parts["host"]),
+        PGPORT=str(parts["port"]),
+        PGDATABASE=str(parts["dbname"]),
+        PGUSER=str(parts["user"]),
+        PGPASSWORD=PASSWORD_NOT_TO_LOG,
+    )
+    with psycopg.connect(database_url) as connection:
+        dev_keys = connection.execute("SELECT count(*) FROM api_keys WHERE description = %s", (DEV_KEY_DESCRIPTION,))
+        assert dev_keys.fetchone() == (len(Role),)
+    assert not (make_run.state_dir / "pgdata").exists()
+    log = make_run.log.read_text()
+    assert "make run: ARBITER_DATABASE_URL is unset; using the PostgreSQL PGHOST, PGPORT, PGDATABASE" in log
+    assert f"dbname={parts['dbname']}" in log
+    assert PASSWORD_NOT_TO_LOG not in log
     assert make_run.interrupt() == 0

@@ -20,6 +20,7 @@ from importlib.metadata import version
 import psycopg
 
 from arbiter.cli import admin, agents, database, demo, keys, run, stats, tasks
+from arbiter.cli.db_seed import SeedRefused
 from arbiter.cli.options import UsageError
 from arbiter.cli.output import one_line
 from arbiter.errors import ArbiterError, WaitTimeout
@@ -43,8 +44,9 @@ commands that call the services take these options after the command name:
                             mutual TLS, default ARBITER_TLS_CLIENT_CERT/ARBITER_TLS_CLIENT_KEY)
   --timeout SECONDS         deadline of each call, default 10 (--call-timeout in tasks submit and watch)
   --json                    machine-readable JSON on stdout
-keys and migrate work on the database directly: ARBITER_DATABASE_URL, else the embedded PostgreSQL;
-admin does the same key work (and reads the audit log) through the services, with an admin key.
+keys, migrate and db work on the database directly: ARBITER_DATABASE_URL, else libpq's PG* variables,
+else the embedded PostgreSQL; admin does the same key work (and reads the audit log) through the
+services, with an admin key.
 
 exit codes: 0 done; 1 refused, failed or unreachable (one line on stderr: "arbiter: CODE: message");
 2 bad usage or configuration; 124 waiting for a task timed out; 130 interrupted (Ctrl-C)."""
@@ -91,7 +93,7 @@ def describe_failure(error: Exception) -> tuple[str, int]:
         return str(error), EXIT_TIMED_OUT
     if isinstance(error, UsageError | ConfigError):
         return str(error), EXIT_USAGE
-    if isinstance(error, KeyLookupError | KeyNotRotatable | MigrationError):
+    if isinstance(error, KeyLookupError | KeyNotRotatable | MigrationError | SeedRefused):
         return str(error), EXIT_FAILED
     if isinstance(error, psycopg.errors.UndefinedTable):
         return "the database has no Arbiter tables yet: run `arbiter migrate`", EXIT_FAILED

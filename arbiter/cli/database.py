@@ -1,5 +1,5 @@
-"""`arbiter migrate`, and how the commands that work on the database directly reach it: through
-ARBITER_DATABASE_URL, else the embedded PostgreSQL that `make run` uses."""
+"""`arbiter migrate` and `arbiter db`, and how the commands that work on the database directly reach it:
+through ARBITER_DATABASE_URL, else libpq's PG* variables, else the embedded PostgreSQL that `make run` uses."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import TypeVar
 
 import psycopg
 
+from arbiter.cli.db_check import ROUND_TRIPS, run_check
+from arbiter.cli.db_seed import run_seed
 from arbiter.cli.options import Subcommands, output_options
 from arbiter.cli.output import print_json
 from shared.config import Config
@@ -25,9 +27,42 @@ def add_commands(commands: Subcommands) -> None:
         parents=[output_options()],
         help="apply database migrations",
         description="Apply the database migrations not applied yet (each service also does at start). "
-        "Uses ARBITER_DATABASE_URL, else the embedded PostgreSQL that `make run` uses.",
+        "Uses ARBITER_DATABASE_URL, else libpq's PG* variables, else the embedded PostgreSQL that `make run` uses.",
     )
     migrating.set_defaults(run=run_migrations)
+
+    database = commands.add_parser(
+        "db",
+        help="check, seed or migrate the database",
+        description="Work on the database directly: ARBITER_DATABASE_URL, else libpq's PG* variables, else the "
+        "embedded PostgreSQL that `make run` uses.",
+    )
+    actions = database.add_subparsers(dest="db_command", required=True, title="commands", metavar="COMMAND")
+    checking = actions.add_parser(
+        "check",
+        parents=[output_options()],
+        help="is the database fit for this release?",
+        description="Connect and report the server's version, the migration level (pending migrations, ones "
+        "newer than this release, changed checksums), the pool settings against the server's max_connections, "
+        f"the latency of {ROUND_TRIPS} round trips (SELECT 1), and whether every index the migrations make "
+        "exists. Exit 0 when all is well; 1 with one line on stderr per problem otherwise.",
+    )
+    checking.set_defaults(run=run_check)
+    seeding = actions.add_parser(
+        "seed",
+        parents=[output_options()],
+        help="fill a dev database with demo agents and tasks",
+        description="Migrate if needed, then add demo agents (demo-*, label arbiter-demo=seed) and demo tasks "
+        "(idempotency keys arbiter-demo-seed-*, requiring that label) in the default tenant. Running it again "
+        "adds nothing. A database holding agents or tasks it did not make is refused unless --force.",
+    )
+    seeding.add_argument(
+        "--force", action="store_true", help="seed even though the database holds other agents or tasks"
+    )
+    seeding.set_defaults(run=run_seed)
+    actions.add_parser(
+        "migrate", parents=[output_options()], help="the same as `arbiter migrate`", description=migrating.description
+    ).set_defaults(run=run_migrations)
 
 
 def run_migrations(arguments: argparse.Namespace) -> int:
