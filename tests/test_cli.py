@@ -451,9 +451,11 @@ async def test_tasks_explain_of_a_waiting_task_says_why_and_scores_the_candidate
 
         async def first_held_and_second_waiting() -> TaskInfo | None:
             held, pending = await client.get(first.id), await client.get(waiting.id)
-            # The reason comes from the live view of agents, which may learn of the agent a moment after
-            # its stream took the first task: wait until it names the agent, as the explanation will.
-            ready = held.state in (TaskState.ASSIGNED, TaskState.RUNNING) and "one-slot-agent" in pending.pending_reason
+            # The reason comes from the live view of agents, which learns of the agent, then of its held
+            # task, a moment after its stream took the first task: wait for the settled reason (the agent
+            # at capacity), which holds until the release, so both explanations below must repeat it.
+            settled = "at capacity: 'one-slot-agent' (1/1)" in pending.pending_reason
+            ready = held.state in (TaskState.ASSIGNED, TaskState.RUNNING) and settled
             return pending if ready else None
 
         pending = await wait_for(
