@@ -68,43 +68,19 @@ image:
 	$(check_image_reference)
 	docker build -t '$(IMAGE):$(TAG)' .
 
-# The prod overlay rendered with IMAGE:TAG into dist/arbiter-prod.yaml, for `kubectl apply -f`. A
-# throw-away overlay on top of prod sets the image, so the committed overlay is left as it is.
+# The prod overlay rendered with IMAGE:TAG into $(MANIFESTS), for `kubectl apply -f`. A throw-away
+# overlay on top of prod sets the image, so the committed overlay stays as it is; it lives in its own
+# folder two levels down (kustomize takes only relative paths), so runs at once do not collide.
 manifests: $(INSTALLED)
 	$(check_image_reference)
-	rm -rf dist/release && mkdir -p dist/release
+	mkdir -p dist $(dir $(MANIFESTS))
+	overlay=$$(mktemp -d dist/release.XXXXXX) && trap 'rm -rf "$$overlay"' EXIT && \
 	printf '%s\n' 'apiVersion: kustomize.config.k8s.io/v1beta1' 'kind: Kustomization' \
 	  'resources:' '  - ../../$(PROD_OVERLAY)' 'images:' '  - name: $(PROD_IMAGE_NAME)' \
-	  '    newName: $(IMAGE)' '    newTag: "$(TAG)"' > dist/release/kustomization.yaml
-	$(VENV)/bin/kubectl kustomize dist/release > $(MANIFESTS).partial
-	mv $(MANIFESTS).partial $(MANIFESTS) && rm -rf dist/release
+	  '    newName: $(IMAGE)' '    newTag: "$(TAG)"' > "$$overlay/kustomization.yaml" && \
+	$(VENV)/bin/kubectl kustomize "$$overlay" > "$$overlay/rendered.yaml" && \
+	mv "$$overlay/rendered.yaml" $(MANIFESTS)
 	@echo "wrote $(MANIFESTS) with image $(IMAGE):$(TAG)"
-
-# Starts PostgreSQL (embedded unless ARBITER_DATABASE_URL is set), migrates, and runs both services.
-run: $(INSTALLED) proto
-	$(PY) -m shared.devstack
-
-migrate: $(INSTALLED)
-	$(VENV)/bin/arbiter migrate
-
-# .env.example is written from SETTINGS in shared/config.py; a test fails when the committed one differs.
-env-example: $(INSTALLED)
-	$(PY) -m shared.env_example > .env.example
-
-# The peers (Celery, procrastinate) and matplotlib, only for the benchmark.
-$(BENCH_INSTALLED): $(INSTALLED) bench/requirements.txt
-	$(PY) -m pip install --quiet -r bench/requirements.txt
-	touch $@
-
-# Issue 7: Arbiter, its peers and the bare-SQL floor side by side (medians of 3), the scale scenario and
-# the routing micro-benchmark (which fails the run when a strategy's median Router.choose() reaches 1 ms);
-# writes bench/results/latest.{json,md,png}. A quick run: make bench BENCH_ARGS="--tasks 2000 --repetitions 1"
-bench: $(BENCH_INSTALLED)
-	$(PY) -m bench.run $(BENCH_ARGS)
-
-# make keys ROLE=viewer: creates an API key for the role and prints it once.
-keys: $(INSTALLED)
-	$(VENV)/bin/arbiter keys create --role $(ROLE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist
