@@ -57,8 +57,8 @@ breaking: $(INSTALLED)
 
 # Refuses an image reference that docker or Kubernetes would reject, before it reaches them.
 define check_image_reference
-	@[[ '$(IMAGE)' =~ ^[a-z0-9]+([._/:-]+[a-z0-9]+)*$$ ]] || { echo "IMAGE='$(IMAGE)' is not an image name: \
-	lowercase letters, digits and . _ - / (and :port after a registry host), e.g. ghcr.io/owner/arbiter" >&2; exit 2; }
+	@[[ '$(IMAGE)' =~ ^([a-z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-]+[a-z0-9]+)*(/[a-z0-9]+([._-]+[a-z0-9]+)*)*$$ ]] || { echo "IMAGE='$(IMAGE)' is not an image name: \
+	lowercase letters, digits and . _ - / (and :port after a registry host), no tag, e.g. ghcr.io/owner/arbiter" >&2; exit 2; }
 	@[[ '$(TAG)' =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$$ ]] || { echo "TAG='$(TAG)' is not an image tag: \
 	up to 128 letters, digits and _ . - not starting with . or -, e.g. v1.2.0" >&2; exit 2; }
 endef
