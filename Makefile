@@ -47,6 +47,7 @@ lint: $(INSTALLED) proto-check
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/buf lint
+	$(VENV)/bin/actionlint -shellcheck=$(VENV)/bin/shellcheck
 
 test: lint
 	$(VENV)/bin/pytest -n 2 --dist loadgroup
