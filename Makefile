@@ -52,6 +52,32 @@ lint: $(INSTALLED) proto-check
 test: lint
 	$(VENV)/bin/pytest -n 2 --dist loadgroup
 
+# Starts PostgreSQL (embedded unless ARBITER_DATABASE_URL is set), migrates, and runs both services.
+run: $(INSTALLED) proto
+	$(PY) -m shared.devstack
+
+migrate: $(INSTALLED)
+	$(VENV)/bin/arbiter migrate
+
+# .env.example is written from SETTINGS in shared/config.py; a test fails when the committed one differs.
+env-example: $(INSTALLED)
+	$(PY) -m shared.env_example > .env.example
+
+# The peers (Celery, procrastinate) and matplotlib, only for the benchmark.
+$(BENCH_INSTALLED): $(INSTALLED) bench/requirements.txt
+	$(PY) -m pip install --quiet -r bench/requirements.txt
+	touch $@
+
+# Issue 7: Arbiter, its peers and the bare-SQL floor side by side (medians of 3), the scale scenario and
+# the routing micro-benchmark (which fails the run when a strategy's median Router.choose() reaches 1 ms);
+# writes bench/results/latest.{json,md,png}. A quick run: make bench BENCH_ARGS="--tasks 2000 --repetitions 1"
+bench: $(BENCH_INSTALLED)
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+# make keys ROLE=viewer: creates an API key for the role and prints it once.
+keys: $(INSTALLED)
+	$(VENV)/bin/arbiter keys create --role $(ROLE)
+
 # buf breaking (FILE rules, buf.yaml): fails when proto/ drops or changes what a released client relies on.
 breaking: $(INSTALLED)
 	$(VENV)/bin/buf breaking --against '$(BREAKING_AGAINST)'

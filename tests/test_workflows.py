@@ -84,6 +84,16 @@ def make(*arguments: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def assert_makefile_can_make(target: str, named_by: str) -> None:
+    """A rule for it in the Makefile (being in .PHONY alone would make `make -n` succeed doing nothing),
+    and a dry run that succeeds."""
+    rules = re.findall(r"^([\w.-]+(?:[ \t]+[\w.-]+)*)[ \t]*:(?!=)", (REPO_ROOT / "Makefile").read_text(), re.MULTILINE)
+    defined = {name for rule in rules if rule != ".PHONY" for name in rule.split()}
+    assert target in defined, f"{named_by} names `make {target}`, which the Makefile has no rule for"
+    dry_run = make("-n", target)
+    assert dry_run.returncode == 0, f"{named_by} names `make {target}`: {dry_run.stderr}"
+
+
 def makefile_variable(name: str) -> str:
     completed = make("-s", "--eval", "print-%: ; @echo '$($*)'", f"print-{name}")
     assert completed.returncode == 0, completed.stderr
@@ -105,8 +115,26 @@ def test_every_make_target_a_workflow_runs_is_one_the_makefile_can_make(name: st
     targets = {target for call in calls for target in targets_of(call)}
     assert targets >= ({"lint", "test", "breaking", "image"} if name == "ci.yml" else {"image", "manifests"})
     for target in targets:
-        dry_run = make("-n", target)
-        assert dry_run.returncode == 0, f"{name} runs `make {target}`: {dry_run.stderr}"
+        assert_makefile_can_make(target, named_by=name)
+
+
+def test_every_make_target_the_docs_name_is_one_the_makefile_can_make() -> None:
+    documents = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    targets = {target for each in documents for target in re.findall(r"`make ([a-z][a-z-]*)", each.read_text())}
+    assert targets >= {
+        "run",
+        "test",
+        "lint",
+        "proto",
+        "migrate",
+        "env-example",
+        "keys",
+        "bench",
+        "breaking",
+        "manifests",
+    }
+    for target in targets:
+        assert_makefile_can_make(target, named_by="the documentation")
 
 
 def test_every_action_a_workflow_uses_is_pinned_to_a_version() -> None:
