@@ -8,8 +8,18 @@ BENCH_INSTALLED := $(VENV)/.bench-installed
 BENCH_ARGS ?=
 PROTO_FILES := $(wildcard proto/arbiter/v1/*.proto)
 ROLE ?= submitter
+# The image `make image` builds and `make manifests` names; TAG defaults to the package version, the
+# tag the prod overlay pins.
+IMAGE ?= ghcr.io/arbiter/arbiter
+TAG ?= $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+# What `make breaking` compares proto/ with: the local main branch (CI fetches it first).
+BREAKING_AGAINST ?= .git\#branch=main
+PROD_OVERLAY := deploy/k8s/overlays/prod
+# The image name the prod overlay gives; the release overlay below replaces it.
+PROD_IMAGE_NAME := ghcr.io/arbiter/arbiter
+MANIFESTS := dist/arbiter-prod.yaml
 
-.PHONY: install proto proto-check lint test run migrate keys clean bench env-example
+.PHONY: install proto proto-check lint test run migrate keys clean bench env-example breaking image manifests
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +47,7 @@ lint: $(INSTALLED) proto-check
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/buf lint
+	$(VENV)/bin/actionlint -shellcheck=$(VENV)/bin/shellcheck
 
 test: lint
 	$(VENV)/bin/pytest -n 2 --dist loadgroup
@@ -67,5 +78,36 @@ bench: $(BENCH_INSTALLED)
 keys: $(INSTALLED)
 	$(VENV)/bin/arbiter keys create --role $(ROLE)
 
+# buf breaking (FILE rules, buf.yaml): fails when proto/ drops or changes what a released client relies on.
+breaking: $(INSTALLED)
+	$(VENV)/bin/buf breaking --against '$(BREAKING_AGAINST)'
+
+# Refuses an image reference that docker or Kubernetes would reject, before it reaches them.
+define check_image_reference
+	@[[ '$(IMAGE)' =~ ^([a-z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-]+[a-z0-9]+)*(/[a-z0-9]+([._-]+[a-z0-9]+)*)*$$ ]] || { echo "IMAGE='$(IMAGE)' is not an image name: \
+	lowercase letters, digits and . _ - / (and :port after a registry host), no tag, e.g. ghcr.io/owner/arbiter" >&2; exit 2; }
+	@[[ '$(TAG)' =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$$ ]] || { echo "TAG='$(TAG)' is not an image tag: \
+	up to 128 letters, digits and _ . - not starting with . or -, e.g. v1.2.0" >&2; exit 2; }
+endef
+
+# The image both services and the migration Job run: make image IMAGE=ghcr.io/owner/arbiter TAG=v1.2.0
+image:
+	$(check_image_reference)
+	docker build -t '$(IMAGE):$(TAG)' .
+
+# The prod overlay rendered with IMAGE:TAG into $(MANIFESTS), for `kubectl apply -f`. A throw-away
+# overlay on top of prod sets the image, so the committed overlay stays as it is; it lives in its own
+# folder two levels down (kustomize takes only relative paths), so runs at once do not collide.
+manifests: $(INSTALLED)
+	$(check_image_reference)
+	mkdir -p dist $(dir $(MANIFESTS))
+	overlay=$$(mktemp -d dist/release.XXXXXX) && trap 'rm -rf "$$overlay"' EXIT && \
+	printf '%s\n' 'apiVersion: kustomize.config.k8s.io/v1beta1' 'kind: Kustomization' \
+	  'resources:' '  - ../../$(PROD_OVERLAY)' 'images:' '  - name: $(PROD_IMAGE_NAME)' \
+	  '    newName: $(IMAGE)' '    newTag: "$(TAG)"' > "$$overlay/kustomization.yaml" && \
+	$(VENV)/bin/kubectl kustomize "$$overlay" > "$$overlay/rendered.yaml" && \
+	mv "$$overlay/rendered.yaml" $(MANIFESTS)
+	@echo "wrote $(MANIFESTS) with image $(IMAGE):$(TAG)"
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist

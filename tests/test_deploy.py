@@ -100,6 +100,16 @@ def test_deployments_probe_with_native_grpc_and_run_unprivileged_within_their_li
         assert secrets == {"arbiter-secrets"}
 
 
+def test_each_overlay_runs_the_image_tag_it_pins(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    overlay, objects = rendered
+    (pinned,) = yaml.safe_load(
+        (REPO_ROOT / "deploy" / "k8s" / "overlays" / overlay / "kustomization.yaml").read_text()
+    )["images"]
+    pods = [each["spec"]["template"]["spec"] for each in objects if each["kind"] in {"Deployment", "Job"}]
+    images = {container["image"] for pod in pods for container in pod["containers"]}
+    assert images == {f"{pinned['newName']}:{pinned['newTag']}"}
+
+
 def test_services_are_headless_so_long_lived_http2_connections_spread_over_the_pods(
     rendered: tuple[str, list[dict[str, Any]]],
 ) -> None:
