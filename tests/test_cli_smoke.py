@@ -19,7 +19,8 @@ from arbiter.v1 import registry_service_pb2_grpc as rpb_grpc
 from shared.api_keys import Role
 from shared.database import open_pool
 from tests.support.processes import ServiceProcesses, free_port, running_services
-from tests.support.stack import metadata
+from tests.support.stack import create_keys, metadata
+from tests.support.waiting import eventually
 from tests.test_cli import arbiter, assert_one_line_error, environment, succeeded
 
 PASSING_STEPS = [
@@ -68,7 +69,8 @@ def with_metrics(services: ServiceProcesses) -> list[str]:
 
 
 async def smoke_rows(database_url: str) -> dict[str, int]:
-    """How many agents the smoke left in the registry's tables, and how many smoke tasks exist."""
+    """How many smoke agents the registry holds, how many open streams the orchestrator records for
+    them, and how many smoke tasks completed."""
     pool = await open_pool(database_url, 1, 1, name="smoke-test")
     try:
         async with pool.connection() as connection:
@@ -89,6 +91,15 @@ async def smoke_rows(database_url: str) -> dict[str, int]:
         await pool.close()
 
 
+async def no_stream_left(database_url: str) -> None:
+    """The orchestrator forgets a closed stream a moment after it closes (its reconnect grace)."""
+
+    async def streams_gone() -> bool:
+        return (await smoke_rows(database_url))["streams"] == 0
+
+    await eventually(streams_gone, "the orchestrator to forget the smoke agent's stream")
+
+
 async def test_every_step_passes_against_a_live_deployment_and_no_agent_is_left_behind(
     deployment: ServiceProcesses, database_url: str
 ) -> None:
@@ -98,7 +109,9 @@ async def test_every_step_passes_against_a_live_deployment_and_no_agent_is_left_
     assert [line.split("  ")[0] for line in lines[:-1]] == [f"✓ {step}" for step in PASSING_STEPS], output
     assert lines[-1].startswith(f"smoke passed: {len(PASSING_STEPS)} steps in "), output
     assert result.stderr == ""
-    assert await smoke_rows(database_url) == {"agents": 0, "streams": 0, "completed tasks": 1}
+    rows = await smoke_rows(database_url)
+    assert (rows["agents"], rows["completed tasks"]) == (0, 1), rows
+    await no_stream_left(database_url)
 
 
 async def test_json_reports_every_step_with_its_outcome_and_time(deployment: ServiceProcesses) -> None:
@@ -143,6 +156,32 @@ async def test_a_submitting_key_and_an_agent_key_bound_to_smoke_agents_together_
     )
     assert "✓ deregister agent" in succeeded(result)
     assert (await smoke_rows(database_url))["agents"] == 0
+
+
+async def test_a_task_that_never_runs_fails_the_run_step_and_is_cancelled_and_the_agent_removed(
+    deployment: ServiceProcesses, database_url: str
+) -> None:
+    # An agent key of another tenant: the agent registers and connects there, where the task never goes.
+    other_tenant_agent_key = (await create_keys(database_url, tenant="elsewhere"))[Role.AGENT]
+    arguments = smoke_arguments(deployment, "--skip-metrics", "--timeout", "2", "--agent-key", other_tenant_agent_key)
+    result = await arbiter(environment(), *arguments)
+    line = assert_one_line_error(
+        result, 1, 'arbiter: smoke failed at "run one task": DEADLINE_EXCEEDED: the task is still PENDING after '
+    )
+    assert line.endswith("(are --key and --agent-key keys of one tenant?)"), line
+    assert "✓ cancel task" in result.stdout and "✓ deregister agent" in result.stdout, result.stdout
+    rows = await smoke_rows(database_url)
+    assert (rows["agents"], rows["completed tasks"]) == (0, 0), rows
+    await no_stream_left(database_url)
+    pool = await open_pool(database_url, 1, 1, name="smoke-test")
+    try:
+        async with pool.connection() as connection:
+            states = await (
+                await connection.execute("SELECT state FROM tasks WHERE task_type LIKE 'arbiter-smoke-%'")
+            ).fetchall()
+    finally:
+        await pool.close()
+    assert [row["state"] for row in states] == ["cancelled"]
 
 
 async def test_a_wrong_key_fails_at_registering_the_agent_as_unauthenticated(

@@ -113,6 +113,8 @@ class SmokeRun:
     serving: asyncio.Task[None] | None = None
     task: TaskInfo | None = None
     finished: bool = False
+    # The agent has a key of its own (--agent-key), perhaps of another tenant than the submitting one.
+    separate_agent_key: bool = False
     # The agent's latest warning (e.g. why it keeps retrying the registry), for a step that times out.
     agent_warnings: list[str] = field(default_factory=list)
 
@@ -130,6 +132,7 @@ async def run_smoke(arguments: argparse.Namespace, connection: Connection) -> in
     metrics = metrics_targets(arguments)
     agent_key = arguments.agent_key or connection.key
     run = new_run()
+    run.separate_agent_key = agent_key != connection.key
     steps = Steps(connection.call_timeout, show=None if arguments.json else show_step)
     with agent_warnings_kept(run.agent_warnings):
         async with connection.client() as client, agent_client(connection, agent_key) as agent_side:
@@ -324,6 +327,8 @@ async def run_one_task(run: SmokeRun, client: Client, timeout: float) -> str:
     except WaitTimeout:
         now = await client.get(run.task.id)
         why = f": {now.pending_reason}" if now.pending_reason else ""
+        if now.state == TaskState.PENDING and run.separate_agent_key:
+            why += " (are --key and --agent-key keys of one tenant?)"
         raise CheckFailed(
             f"DEADLINE_EXCEEDED: the task is still {now.state.name} after {timeout * 0.9:g} s{why}"
         ) from None
