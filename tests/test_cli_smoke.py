@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,12 @@ from arbiter.v1 import registry_service_pb2 as rpb
 from arbiter.v1 import registry_service_pb2_grpc as rpb_grpc
 from shared.api_keys import Role
 from shared.database import open_pool
+from tests.support.certificates import create_pki
 from tests.support.processes import ServiceProcesses, free_port, running_services
-from tests.support.stack import create_keys, metadata
+from tests.support.stack import create_keys, metadata, running_stack
 from tests.support.waiting import eventually
 from tests.test_cli import arbiter, assert_one_line_error, environment, succeeded
+from tests.test_tls import server_tls
 
 PASSING_STEPS = [
     "registry health",
@@ -40,7 +42,7 @@ PASSING_STEPS = [
 
 
 @pytest.fixture
-async def deployment(database_url: str, tmp_path: Path) -> Any:
+async def deployment(database_url: str, tmp_path: Path) -> AsyncIterator[ServiceProcesses]:
     """Both services as subprocesses, each serving Prometheus metrics on a port of its own."""
     async with running_services(database_url, tmp_path / "service-logs", metrics=True) as processes:
         yield processes
@@ -212,6 +214,21 @@ async def test_a_closed_registry_port_fails_the_registry_health_step(deployment:
     line = assert_one_line_error(result, 1, 'arbiter: smoke failed at "registry health": UNAVAILABLE: ')
     assert f"cannot reach {closed}" in line
     assert "register agent" not in result.stdout
+
+
+async def test_over_mutual_tls_every_step_passes_with_the_tls_flags_and_plaintext_fails_at_health(
+    database_url: str, tmp_path: Path
+) -> None:
+    pki = create_pki(tmp_path / "pki")
+    async with running_stack(database_url, **server_tls(pki, mutual=True)) as stack:
+        addresses = ["--orchestrator", stack.orchestrator_address, "--registry", stack.registry_address]
+        common = ["smoke", *addresses, "--key", stack.keys[Role.ADMIN], "--skip-metrics"]
+        tls_flags = ["--tls-ca", str(pki.ca), "--tls-client-cert", str(pki.client.cert)]
+        tls_flags += ["--tls-client-key", str(pki.client.key)]
+        over_tls = await arbiter(environment(), *common, *tls_flags)
+        plaintext = await arbiter(environment(), *common)
+    assert "✓ deregister agent" in succeeded(over_tls)
+    assert_one_line_error(plaintext, 1, 'arbiter: smoke failed at "registry health": UNAVAILABLE: ')
 
 
 class AnswersNotFound(BaseHTTPRequestHandler):
