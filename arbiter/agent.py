@@ -192,6 +192,10 @@ class Agent:
         self._draining = asyncio.Event()
         self._stopping = False
         self._heartbeat_seconds = DEFAULT_HEARTBEAT_SECONDS
+        # For callers that must know how far `serve()` got (e.g. `arbiter smoke`): set once the
+        # registry accepted the registration; set while the assignment stream is open.
+        self.registered = asyncio.Event()
+        self.connected = asyncio.Event()
 
     # Declaring the agent.
 
@@ -336,6 +340,7 @@ class Agent:
                     if is_transient(error):
                         raise
                     raise ArbiterError.from_rpc_error(error, self.registry_address) from None
+        self.registered.set()
         logger.info("agent %s registered for %s", self.id, ", ".join(self.task_types))
 
     def _status(self) -> agent_pb2.AgentStatus:
@@ -392,6 +397,7 @@ class Agent:
         )
         try:
             await call.initial_metadata()
+            self.connected.set()
             logger.info("assignment stream open at %s", self.orchestrator_address)
             async for message in call:
                 kind = message.WhichOneof("kind")
@@ -412,6 +418,7 @@ class Agent:
                 await self._register()
             reason = f"{error.code().name}: {error.details()}"
         finally:
+            self.connected.clear()
             call.cancel()
         if time.monotonic() - opened_at < HEALTHY_STREAM_SECONDS:
             raise _StreamLost(reason)

@@ -257,6 +257,13 @@ class Client:
         response = await self._call(address, registry.GetAgent, rpb.GetAgentRequest(agent_id=agent_id))
         return AgentInfo.from_pb(response.agent)
 
+    async def deregister(self, agent_id: str) -> None:
+        """Removes the agent from the registry (admins and operators any of their tenant's, an agent key
+        only those it acts as); `ArbiterError` NOT_FOUND when there is no such agent. A still-running
+        agent that heartbeats registers again: stop it first."""
+        address, registry = self._registry_stub()
+        await self._call(address, registry.DeregisterAgent, rpb.DeregisterAgentRequest(agent_id=agent_id))
+
     async def list_agents(
         self, *, task_type: str = "", status: AgentStatus | None = None, limit: int = 100
     ) -> list[AgentInfo]:

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.database import PostgresForTests
-from tests.support.processes import ServiceProcesses
-from tests.support.stack import Stack, create_keys, running_stack
+from tests.support.processes import ServiceProcesses, running_services
+from tests.support.stack import Stack, running_stack
 
 
 @pytest.fixture(scope="session")
@@ -44,12 +44,5 @@ async def stack(database_url: str) -> AsyncIterator[Stack]:
 async def services(database_url: str, tmp_path: Path) -> AsyncIterator[ServiceProcesses]:
     """Both services as real subprocesses on free ports, with a key per role. They must stop cleanly
     (exit 0 on SIGTERM); their logs are shown when they do not."""
-    log_dir = tmp_path / "service-logs"
-    log_dir.mkdir()
-    processes = ServiceProcesses(database_url, await create_keys(database_url), log_dir)
-    try:
-        processes.start()
+    async with running_services(database_url, tmp_path / "service-logs") as processes:
         yield processes
-    finally:
-        codes = processes.stop()
-        assert codes == {"orchestrator": 0, "registry": 0}, processes.logs()

@@ -109,7 +109,7 @@ def submitter(stack: Stack) -> Client:
 
 async def test_help_lists_every_command_and_tasks_help_documents_exit_codes() -> None:
     top, tasks = await asyncio.gather(arbiter(environment(), "--help"), arbiter(environment(), "tasks", "--help"))
-    for command in ("run", "migrate", "keys", "admin", "agents", "tasks", "stats", "demo"):
+    for command in ("run", "migrate", "keys", "admin", "agents", "tasks", "stats", "demo", "smoke"):
         assert f"    {command} " in succeeded(top)
     assert "--orchestrator HOST:PORT" in top.stdout
     assert "0    the task is COMPLETED" in succeeded(tasks)

@@ -19,7 +19,7 @@ from importlib.metadata import version
 
 import psycopg
 
-from arbiter.cli import admin, agents, database, demo, keys, run, stats, tasks
+from arbiter.cli import admin, agents, database, demo, keys, run, smoke, stats, tasks
 from arbiter.cli.db_seed import SeedRefused
 from arbiter.cli.options import UsageError
 from arbiter.cli.output import one_line
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('arbiter')}")
     commands = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
-    for module in (run, database, keys, admin, agents, tasks, stats, demo):
+    for module in (run, database, keys, admin, agents, tasks, stats, demo, smoke):
         module.add_commands(commands)
     return parser
 

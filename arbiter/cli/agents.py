@@ -1,4 +1,5 @@
-"""`arbiter agents`: list and show the agents the registry knows, and find those that could take a task."""
+"""`arbiter agents`: list and show the agents the registry knows, find those that could take a task, and
+deregister one."""
 
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ STATUS_NAMES = [status.name.lower() for status in AgentStatus if status != Agent
 def add_commands(commands: Subcommands) -> None:
     agents = commands.add_parser(
         "agents",
-        help="list, show and find agents",
-        description="List and show agents, and find those that could take a task.",
+        help="list, show, find and deregister agents",
+        description="List and show agents, find those that could take a task, and deregister one.",
     )
     agent_commands = agents.add_subparsers(dest="agents_command", required=True, title="commands", metavar="COMMAND")
 
@@ -48,6 +49,17 @@ def add_commands(commands: Subcommands) -> None:
     show = agent_commands.add_parser("show", parents=[service_options()], help="show one agent")
     show.add_argument("agent_id", metavar="ID")
     show.set_defaults(run=calls_services(show_agent))
+
+    deregister = agent_commands.add_parser(
+        "deregister",
+        parents=[service_options()],
+        help="remove an agent from the registry",
+        description="Remove an agent from the registry (an admin or operator key, or the agent's own key). An "
+        "agent still running registers again at its next heartbeat: stop it first. Exit 1 with NOT_FOUND when "
+        "there is no such agent.",
+    )
+    deregister.add_argument("agent_id", metavar="ID")
+    deregister.set_defaults(run=calls_services(deregister_agent))
 
     find = agent_commands.add_parser(
         "find",
@@ -108,6 +120,16 @@ async def show_agent(arguments: argparse.Namespace, connection: Connection) -> i
         print_json(agent)
     else:
         print_fields(agent_fields(agent))
+    return 0
+
+
+async def deregister_agent(arguments: argparse.Namespace, connection: Connection) -> int:
+    async with connection.client() as client:
+        await client.deregister(arguments.agent_id)
+    if arguments.json:
+        print_json({"agent_id": arguments.agent_id, "deregistered": True})
+    else:
+        print(f"agent {arguments.agent_id} deregistered")
     return 0
 
 

@@ -121,9 +121,12 @@ def output_options() -> argparse.ArgumentParser:
     return options
 
 
-def service_options(*, timeout_flags: tuple[str, ...] = ("--timeout", "--call-timeout")) -> argparse.ArgumentParser:
+def service_options(
+    *, timeout_flags: tuple[str, ...] = ("--timeout", "--call-timeout"), timeout_help: str = "deadline of each call"
+) -> argparse.ArgumentParser:
     """--orchestrator, --registry, --key, --json and the call deadline. Commands whose own --timeout
-    means something else (tasks submit, tasks watch) take the deadline as --call-timeout only."""
+    means something else (tasks submit, tasks watch) take the deadline as --call-timeout only; `arbiter
+    smoke` bounds each step by it (`timeout_help`)."""
     options = argparse.ArgumentParser(add_help=False, parents=[output_options()])
     group = options.add_argument_group("connection")
     group.add_argument(
@@ -158,7 +161,7 @@ def service_options(*, timeout_flags: tuple[str, ...] = ("--timeout", "--call-ti
         metavar="SECONDS",
         type=positive_seconds,
         default=DEFAULT_CALL_TIMEOUT_SECONDS,
-        help=f"deadline of each call (default: {DEFAULT_CALL_TIMEOUT_SECONDS:g})",
+        help=f"{timeout_help} (default: {DEFAULT_CALL_TIMEOUT_SECONDS:g})",
     )
     return options
 

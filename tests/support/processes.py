@@ -8,12 +8,14 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.api_keys import Role
 from shared.devstack import wait_until_serving
-from tests.support.stack import TEST_PEPPER
+from tests.support.stack import TEST_PEPPER, create_keys
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,6 +36,9 @@ class ServiceProcesses:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     # Orchestrators other than "orchestrator", by name, each on its own port (see add_orchestrator).
     extra_orchestrator_ports: dict[str, int] = field(default_factory=dict)
+    # With metrics=True each service serves Prometheus metrics (ARBITER_METRICS_ADDR) on a port of its own.
+    metrics: bool = False
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def registry_address(self) -> str:
@@ -50,6 +55,10 @@ class ServiceProcesses:
         if name == "orchestrator":
             return self.orchestrator_address
         return f"127.0.0.1:{self.extra_orchestrator_ports[name]}"
+
+    def metrics_url(self, name: str) -> str:
+        """Where the service `name` serves its metrics (only with metrics=True)."""
+        return f"http://127.0.0.1:{self.metrics_ports[name]}/metrics"
 
     def environment(self, orchestrator_address: str | None = None) -> dict[str, str]:
         return {
@@ -84,6 +93,9 @@ class ServiceProcesses:
         address = self.address_of(name)
         module = "services.registry" if name == "registry" else "services.orchestrator"
         environment = self.environment(None if name == "registry" else address)
+        if self.metrics:
+            port = self.metrics_ports.setdefault(name, free_port())
+            environment["ARBITER_METRICS_ADDR"] = f"127.0.0.1:{port}"
         with (self.log_dir / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", module], cwd=REPO_ROOT, env=environment, stdout=log, stderr=log
@@ -114,3 +126,19 @@ class ServiceProcesses:
         return "\n".join(
             f"--- {path.name}\n{path.read_text(errors='replace')}" for path in sorted(self.log_dir.glob("*.log"))
         )
+
+
+@asynccontextmanager
+async def running_services(
+    database_url: str, log_dir: Path, *, metrics: bool = False
+) -> AsyncIterator[ServiceProcesses]:
+    """Both services as real subprocesses on free ports, with a key per role (and metrics when asked). They
+    must stop cleanly (exit 0 on SIGTERM); their logs are shown when they do not."""
+    log_dir.mkdir(exist_ok=True)
+    processes = ServiceProcesses(database_url, await create_keys(database_url), log_dir, metrics=metrics)
+    try:
+        processes.start()
+        yield processes
+    finally:
+        codes = processes.stop()
+        assert codes == {"orchestrator": 0, "registry": 0}, processes.logs()
