@@ -61,17 +61,18 @@ class ClientPlan:
 
 
 def split_clients(total: int, processes: int, shares: dict[str, float]) -> list[dict[str, int]]:
-    """`total` clients into kinds by `shares` (each kind at least one when total allows), then dealt out
-    over `processes` so that every process gets some of each kind it can."""
+    """`total` clients into kinds by `shares` (each kind at least one), dealt out over `processes` one
+    client at a time, so that each process gets some of every kind when there are enough."""
     kinds = list(shares)
-    counts = {kind: max(1, int(total * shares[kind])) for kind in kinds}
-    # The remainder (or excess) goes to (or comes from) the largest share.
+    counts = {kind: max(1, round(total * shares[kind])) for kind in kinds}
+    # Rounding may miss the total by a client or two: the largest share takes up the difference.
     largest = max(kinds, key=lambda kind: shares[kind])
     counts[largest] += total - sum(counts.values())
     plans: list[dict[str, int]] = [dict.fromkeys(kinds, 0) for _ in range(processes)]
+    dealt = itertools.count()
     for kind in kinds:
-        for number in range(counts[kind]):
-            plans[number % processes][kind] += 1
+        for _ in range(counts[kind]):
+            plans[next(dealt) % processes][kind] += 1
     return [plan for plan in plans if sum(plan.values())]
 
 
