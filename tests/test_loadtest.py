@@ -57,7 +57,7 @@ def test_refusals_server_errors_and_other_errors_are_told_apart() -> None:
         {},
         {
             "SubmitTask": {"OK": 90, "RESOURCE_EXHAUSTED": 5, "INTERNAL": 1},
-            "GetTask": {"OK": 2, "UNAVAILABLE": 1, "DEADLINE_EXCEEDED": 1},
+            "GetTask": {"OK": 2, "DEADLINE_EXCEEDED": 1, "NOT_FOUND": 1},
         },
     )
     summary = report.summarise_errors(figures)
@@ -110,12 +110,14 @@ def test_histogram_quantile_interpolates_within_the_bucket() -> None:
 GET_TASK = 'grpc_type="unary",grpc_service="arbiter.v1.OrchestratorService",grpc_method="GetTask"'
 
 
-def scrape_text(ok: float, fast: float, every: float) -> str:
-    """/metrics as a service serves it: GetTask's calls by code and its latency buckets."""
+def scrape_text(ok: float, fast: float, every: float, internal: float = 0.0) -> str:
+    """/metrics as a service serves it (codes spelt as go-grpc-prometheus does): GetTask's calls by code
+    and its latency buckets."""
     return f"""
 # TYPE grpc_server_handled_total counter
 grpc_server_handled_total{{{GET_TASK},grpc_code="OK"}} {ok}
-grpc_server_handled_total{{{GET_TASK},grpc_code="NOT_FOUND"}} 1.0
+grpc_server_handled_total{{{GET_TASK},grpc_code="NotFound"}} 1.0
+grpc_server_handled_total{{{GET_TASK},grpc_code="Internal"}} {internal}
 # TYPE grpc_server_handling_seconds histogram
 grpc_server_handling_seconds_bucket{{{GET_TASK},le="0.01"}} {fast}
 grpc_server_handling_seconds_bucket{{{GET_TASK},le="+Inf"}} {every}
@@ -128,6 +130,13 @@ def test_the_server_figures_are_the_difference_between_two_scrapes() -> None:
     figures = metrics.server_figures(metrics.difference(after, before))
     assert figures["OrchestratorService/GetTask"]["codes"] == {"OK": 20}
     assert figures["OrchestratorService/GetTask"]["p95_ms"] == pytest.approx(9.5)
+
+
+def test_a_server_error_in_the_scrapes_is_found_under_the_clients_name_for_it() -> None:
+    before = metrics.parse([scrape_text(10.0, 10.0, 11.0)])
+    after = metrics.parse([scrape_text(10.0, 10.0, 13.0, internal=2.0)])
+    handled = metrics.difference(after, before).handled
+    assert report.server_side_errors(handled) == {"OrchestratorService/GetTask": {"INTERNAL": 2}}
 
 
 def test_clients_are_split_into_every_kind_and_spread_over_the_processes() -> None:

@@ -10,17 +10,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from shared.metrics import code_label
+
 SCRAPE_TIMEOUT_SECONDS = 10.0
+# The services label codes as go-grpc-prometheus spells them (Canceled, ResourceExhausted); the report
+# uses the status names the clients see (CANCELLED, RESOURCE_EXHAUSTED), so both sides compare.
+STATUS_NAMES = {code_label(code): code.name for code in grpc.StatusCode}
 
 
 @dataclass
 class ServerSample:
-    """method ("Service/Method") → code → calls, and method → [(upper bound s, cumulative count)]."""
+    """method ("Service/Method") → code → calls, method → [(upper bound s, cumulative count)], and
+    method → its grpc_type (unary, server_stream, …)."""
 
     handled: dict[str, dict[str, float]] = field(default_factory=dict)
     buckets: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    types: dict[str, str] = field(default_factory=dict)
 
 
 def scrape(address: str) -> str:
@@ -39,9 +47,11 @@ def parse(texts: Sequence[str]) -> ServerSample:
                 if "grpc_method" not in labels:
                     continue
                 method = f"{labels['grpc_service'].rsplit('.', 1)[-1]}/{labels['grpc_method']}"
+                sample.types[method] = labels.get("grpc_type", "")
                 if metric.name == "grpc_server_handled_total":
                     codes = sample.handled.setdefault(method, {})
-                    codes[labels["grpc_code"]] = codes.get(labels["grpc_code"], 0.0) + metric.value
+                    code = STATUS_NAMES.get(labels["grpc_code"], labels["grpc_code"])
+                    codes[code] = codes.get(code, 0.0) + metric.value
                 elif metric.name == "grpc_server_handling_seconds_bucket":
                     sample.buckets.setdefault(method, []).append((float(labels["le"]), metric.value))
     for bounds in sample.buckets.values():
@@ -62,6 +72,7 @@ def difference(after: ServerSample, before: ServerSample) -> ServerSample:
     return ServerSample(
         handled={method: codes for method, codes in handled.items() if any(codes.values())},
         buckets={method: bounds for method, bounds in buckets.items() if bounds and bounds[-1][1] > 0},
+        types=after.types,
     )
 
 
@@ -84,11 +95,13 @@ def histogram_quantile(bounds: Sequence[tuple[float, float]], fraction: float) -
 
 
 def server_figures(sample: ServerSample) -> dict[str, dict[str, Any]]:
-    """Per method: calls by code and estimated p95/p99 handling time in ms."""
+    """Per method: its type, calls by code and estimated p95/p99 handling time in ms (for a stream, the
+    time it stayed open)."""
     figures: dict[str, dict[str, Any]] = {}
     for method in sorted(set(sample.handled) | set(sample.buckets)):
         bounds = sample.buckets.get(method, [])
         figures[method] = {
+            "type": sample.types.get(method, ""),
             "codes": {code: int(count) for code, count in sorted(sample.handled.get(method, {}).items()) if count},
             "p95_ms": histogram_quantile(bounds, 0.95) * 1000,
             "p99_ms": histogram_quantile(bounds, 0.99) * 1000,

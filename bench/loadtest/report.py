@@ -14,11 +14,11 @@ FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 OK = "OK"
 # The service said no on purpose (a rate limit): the limiter working, not the service failing.
 REFUSAL_CODES = frozenset({"RESOURCE_EXHAUSTED"})
-# Codes that mean the service broke or could not answer, as opposed to judging the call.
-SERVER_ERROR_CODES = frozenset({"UNKNOWN", "INTERNAL", "DATA_LOSS", "UNIMPLEMENTED", "UNAVAILABLE"})
-# Streams the client closes itself (a watcher still watching when the run ends) end CANCELLED on the
-# server; that is the client's doing.
-CLIENT_ENDED_CODES = frozenset({"CANCELLED"})
+# Codes that mean the service broke or could not answer in time, as opposed to judging the call: those
+# the ArbiterErrorRatioHigh alert counts (deploy/monitoring/prometheus-rules.yaml), and UNIMPLEMENTED.
+SERVER_ERROR_CODES = frozenset(
+    {"UNKNOWN", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "DEADLINE_EXCEEDED", "UNIMPLEMENTED"}
+)
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:
@@ -187,15 +187,16 @@ def rpc_table(rpcs: Sequence[RpcFigures], seconds: float) -> str:
 
 
 def server_table(server: Mapping[str, Mapping[str, Any]]) -> str:
-    """method → {"codes": {code: count}, "p95_ms", "p99_ms"} from /metrics (bucket estimates)."""
+    """method → {"type", "codes": {code: count}, "p95_ms", "p99_ms"} from /metrics (bucket estimates)."""
     header = f"{'method (server side)':<36} {'handled':>8} {'~p95 ms':>8} {'~p99 ms':>8}  codes"
     lines = [header, "-" * len(header)]
     for method, figures in sorted(server.items()):
         codes = figures["codes"]
         handled = int(sum(codes.values()))
         shown = ", ".join(f"{code} {int(count)}" for code, count in sorted(codes.items()) if count)
+        kind = "  (a stream: time open)" if figures.get("type", "").endswith("stream") else ""
         lines.append(
             f"{method:<36} {handled:>8} {_milliseconds(figures.get('p95_ms')):>8} "
-            f"{_milliseconds(figures.get('p99_ms')):>8}  {shown}"
+            f"{_milliseconds(figures.get('p99_ms')):>8}  {shown}{kind}"
         )
     return "\n".join(lines)

@@ -53,6 +53,7 @@ CLIENT_START_SECONDS = 5.0
 DRAIN_POLL_SECONDS = 0.5
 # After the load: the clients' grace for in-flight calls (clients.END_GRACE_SECONDS), writing, exiting.
 CLIENT_END_SECONDS = 60.0
+STREAMS_CLOSED_SECONDS = 30.0
 PROCESS_STOP_SECONDS = 30.0
 
 
@@ -162,20 +163,34 @@ def check_alive(processes: Sequence[BaseProcess], what: str) -> None:
 # The database: the system's own record, read from outside the services.
 
 
+def open_streams(connection: psycopg.Connection[Any], id_prefix: str) -> int:
+    """The assignment streams the orchestrator records as open for this run's agents."""
+    row = connection.execute(
+        "SELECT count(*) FROM agent_streams WHERE agent_id LIKE %s", (f"%{id_prefix}-%",)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def wait_for_agent_streams(database_url: str, id_prefix: str, expected: int, agents: Sequence[BaseProcess]) -> float:
     """Until the orchestrator records an open stream for each agent; the seconds it took."""
     started = time.monotonic()
     with psycopg.connect(database_url, autocommit=True) as connection:
-        while True:
-            row = connection.execute(
-                "SELECT count(*) FROM agent_streams WHERE agent_id LIKE %s", (f"%{id_prefix}-%",)
-            ).fetchone()
-            if row is not None and row[0] >= expected:
-                return time.monotonic() - started
+        while (count := open_streams(connection, id_prefix)) < expected:
             check_alive(agents, "agent")
             if time.monotonic() - started > AGENTS_READY_SECONDS:
-                raise RuntimeError(f"only {row[0] if row else 0} of {expected} agents opened their stream in time")
+                raise RuntimeError(f"only {count} of {expected} agents opened their stream in time")
             time.sleep(DRAIN_POLL_SECONDS)
+    return time.monotonic() - started
+
+
+def wait_for_streams_closed(database_url: str, id_prefix: str) -> int:
+    """After the agents stopped: until the orchestrator has seen every stream end (so that /metrics count
+    them), at most STREAMS_CLOSED_SECONDS; how many it still holds open."""
+    deadline = time.monotonic() + STREAMS_CLOSED_SECONDS
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        while (count := open_streams(connection, id_prefix)) and time.monotonic() < deadline:
+            time.sleep(DRAIN_POLL_SECONDS)
+    return count
 
 
 def unfinished_count(connection: psycopg.Connection[Any], task_ids: list[str]) -> int:
@@ -253,6 +268,7 @@ def run_load(arguments: argparse.Namespace, target: Target, scratch: Path) -> di
     finally:
         stop_processes(clients)
         stop_processes(agents)
+    streams_left_open = wait_for_streams_closed(target.database_url, id_prefix)
     after = scrape_all(target.metrics)
     states = task_states(target.database_url, submitted)
     return {
@@ -263,6 +279,7 @@ def run_load(arguments: argparse.Namespace, target: Target, scratch: Path) -> di
         "server": metrics.difference(after, before) if target.metrics else None,
         "agents_ready_seconds": agents_ready_seconds,
         "drain_seconds": drain_seconds,
+        "streams_left_open": streams_left_open,
         "load_average": {"before_clients": load_before, "after_clients": load_during},
     }
 
@@ -311,6 +328,7 @@ def build_report(
         "tasks_completed_per_second": completed / (arguments.duration + measured["drain_seconds"]),
         "agents_ready_seconds": round(measured["agents_ready_seconds"], 2),
         "drain_seconds": round(measured["drain_seconds"], 2),
+        "agent_streams_left_open_after_stop": measured["streams_left_open"],
         "watches_open_at_end": sum(result["watches_open_at_end"] for result in results),
         "max_error_rate": arguments.max_error_rate,
         "failures": failures,
