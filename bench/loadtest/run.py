@@ -43,6 +43,7 @@ from bench.loadtest import metrics, report
 from bench.loadtest.agents import AgentPlan, agent_process
 from bench.loadtest.clients import ClientPlan, client_process, split_clients
 from bench.loadtest.stack import UNLIMITED_RATE_LIMITS, Target, own_stack, service_logs
+from shared.config import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "loadtest.json"
@@ -73,6 +74,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     load.add_argument("--drain-timeout", type=float, default=120.0, help="longest wait for the tasks to finish")
     load.add_argument("--max-error-rate", type=float, default=0.01, help="fail above this share of failed calls")
     load.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON report (default {DEFAULT_OUT})")
+    load.add_argument("--keep-logs", type=Path, help="keep the services' logs and the clients' raw figures here")
     own = parser.add_argument_group("own stack (the default)")
     own.add_argument("--database-name", default="arbiter_loadtest", help="dropped and made afresh each run")
     own.add_argument(
@@ -385,12 +387,16 @@ def render(figures: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     load_at_start = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="arbiter-loadtest-") as scratch:
-        scratch_dir = Path(scratch)
+    with contextlib.ExitStack() as cleanup:
+        if arguments.keep_logs:
+            scratch_dir = arguments.keep_logs
+            scratch_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            scratch_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="arbiter-loadtest-")))
         try:
             with target_for(arguments, scratch_dir) as target:
                 measured = run_load(arguments, target, scratch_dir)
-        except (RuntimeError, OSError, psycopg.Error) as error:
+        except (RuntimeError, OSError, psycopg.Error, ConfigError) as error:
             print(f"loadtest: the run could not be made: {error}", file=sys.stderr)
             print(service_logs(scratch_dir), file=sys.stderr)
             return 2
