@@ -196,7 +196,7 @@ def stop_stack(stack: Stack) -> None:
 # Where the CPU goes: read from /proc (no call to the system under test), per process kind.
 
 
-def _process_cpu_seconds(pid: int) -> float:
+def process_cpu_seconds(pid: int) -> float:
     """User + system CPU time of a live process; 0 when it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -205,7 +205,7 @@ def _process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _backends_of(database: str) -> list[int]:
+def backends_of(database: str) -> list[int]:
     """The PostgreSQL server processes serving this database (the services' pools and listeners)."""
     pids = []
     for entry in Path("/proc").iterdir():
@@ -222,9 +222,9 @@ def _backends_of(database: str) -> list[int]:
 def cpu_seconds(stack: Stack) -> dict[str, float]:
     registry, orchestrator = stack.processes
     return {
-        "registry": _process_cpu_seconds(registry.pid),
-        "orchestrator": _process_cpu_seconds(orchestrator.pid),
-        "postgres": sum(_process_cpu_seconds(pid) for pid in _backends_of(DATABASE)),
+        "registry": process_cpu_seconds(registry.pid),
+        "orchestrator": process_cpu_seconds(orchestrator.pid),
+        "postgres": sum(process_cpu_seconds(pid) for pid in backends_of(DATABASE)),
     }
 
 

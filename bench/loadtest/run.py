@@ -38,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
+from bench.arbiter_bench import backends_of, process_cpu_seconds
 from bench.loadtest import metrics, report
 from bench.loadtest.agents import AgentPlan, agent_process
 from bench.loadtest.clients import ClientPlan, client_process, split_clients
@@ -220,6 +222,39 @@ def task_states(database_url: str, task_ids: list[str]) -> dict[str, str]:
     return {task_id: state for task_id, state in rows}
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """Busy and total CPU seconds of the whole machine since boot (/proc/stat), all cores together."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / ticks, sum(fields[:8]) / ticks
+
+
+def cpu_seconds(target: Target) -> dict[str, float]:
+    """CPU seconds used so far: the machine (busy, total) and, on an own stack, each service and the
+    PostgreSQL backends serving its database (bench.arbiter_bench reads them the same way)."""
+    busy, total = machine_cpu_seconds()
+    used = {"machine_busy": busy, "machine_total": total}
+    if len(target.processes) == 2:
+        registry, orchestrator = target.processes
+        database = conninfo_to_dict(target.database_url).get("dbname", "")
+        used["registry"] = process_cpu_seconds(registry.pid)
+        used["orchestrator"] = process_cpu_seconds(orchestrator.pid)
+        used["postgres"] = sum(process_cpu_seconds(pid) for pid in backends_of(str(database)))
+    return used
+
+
+def cpu_share(before: dict[str, float], after: dict[str, float], cpus: int) -> dict[str, float]:
+    """Over the load window: how busy the machine was (share of all its cores) and how many cores each
+    part of the stack used on average."""
+    elapsed = (after["machine_total"] - before["machine_total"]) / cpus
+    shares = {"machine_busy": (after["machine_busy"] - before["machine_busy"]) / (elapsed * cpus)}
+    for part in ("registry", "orchestrator", "postgres"):
+        if part in before and part in after:
+            shares[f"{part}_cores"] = (after[part] - before[part]) / elapsed
+    return {name: round(value, 3) for name, value in shares.items()}
+
+
 def scrape_all(addresses: Sequence[str]) -> metrics.ServerSample:
     return metrics.parse([metrics.scrape(address) for address in addresses])
 
@@ -254,6 +289,7 @@ def run_load(arguments: argparse.Namespace, target: Target, scratch: Path) -> di
             for index, split in enumerate(splits)
         ]
         load_before = os.getloadavg()
+        cpu_before = cpu_seconds(target)
         clients = [_SPAWN.Process(target=client_process, args=(plan,), daemon=True) for plan in plans]
         for process in clients:
             process.start()
@@ -261,6 +297,7 @@ def run_load(arguments: argparse.Namespace, target: Target, scratch: Path) -> di
         for process in clients:
             process.join(timeout=max(0.0, start_at + arguments.duration - time.time()) + CLIENT_END_SECONDS)
         load_during = os.getloadavg()
+        cpu_used = cpu_share(cpu_before, cpu_seconds(target), os.cpu_count() or 1)
         failed = [process.exitcode for process in clients if process.exitcode != 0]  # None: still running
         if failed:
             raise RuntimeError(f"{len(failed)} client process(es) failed (exit codes {failed}); see stderr")
@@ -282,6 +319,7 @@ def run_load(arguments: argparse.Namespace, target: Target, scratch: Path) -> di
         "agents_ready_seconds": agents_ready_seconds,
         "drain_seconds": drain_seconds,
         "streams_left_open": streams_left_open,
+        "cpu": cpu_used,
         "load_average": {"before_clients": load_before, "after_clients": load_during},
     }
 
@@ -319,6 +357,7 @@ def build_report(
             "cpus": os.cpu_count(),
             "load_average_1_5_15_at_start": [round(value, 2) for value in load_at_start],
             "load_average_1_5_15_after_load": [round(value, 2) for value in measured["load_average"]["after_clients"]],
+            "cpu_during_load": measured["cpu"],
         },
         "rpcs": [asdict(figures) | {"errors": figures.errors} for figures in rpcs],
         "errors": asdict(errors) | {"errors": errors.errors, "error_rate": errors.error_rate},
@@ -359,6 +398,13 @@ def render(figures: dict[str, Any]) -> str:
         f"{setup['agents']} agents in {setup['agent_processes']} processes; {setup['target']}",
         f"rate limits: {setup['rate_limits']}; load average at start {setup['load_average_1_5_15_at_start']} "
         f"on {setup['cpus']} CPUs, after the load {setup['load_average_1_5_15_after_load']}",
+        "CPU during the load: "
+        + ", ".join(
+            f"machine {value:.0%} busy"
+            if name == "machine_busy"
+            else f"{name.removesuffix('_cores')} {value:.2f} cores"
+            for name, value in setup["cpu_during_load"].items()
+        ),
         "",
         "Client side (every call, failed ones included):",
         report.rpc_table(rpcs, setup["duration_seconds"]),
