@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import secrets
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -271,7 +272,10 @@ def run_load(arguments: argparse.Namespace, target: Target, scratch: Path) -> di
     try:
         agents_ready_seconds = wait_for_agent_streams(target.database_url, id_prefix, arguments.agents, agents)
         start_at = time.time() + CLIENT_START_SECONDS
-        splits = split_clients(arguments.clients, arguments.client_processes, SHARES)
+        # At least one client of each kind per process, so that its watchers and readers have its
+        # submitters' tasks to look at.
+        processes = max(1, min(arguments.client_processes, arguments.clients // len(SHARES)))
+        splits = split_clients(arguments.clients, processes, SHARES)
         plans = [
             ClientPlan(
                 process_index=index,
@@ -351,6 +355,7 @@ def build_report(
             "batch_size": arguments.batch_size,
             "call_timeout_seconds": arguments.call_timeout,
             "target": "existing deployment" if arguments.orchestrator else "own stack (fresh database)",
+            "git_commit": git_commit(),
             "orchestrator": target.orchestrator,
             "registry": target.registry,
             "rate_limits": target.rate_limits,
@@ -375,6 +380,15 @@ def build_report(
         "failures": failures,
         "passed": not failures,
     }
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def report_kinds() -> tuple[str, ...]:
