@@ -17,7 +17,8 @@ import pytest
 
 from bench.loadtest import metrics, report
 from bench.loadtest.clients import split_clients
-from bench.loadtest.run import SHARES
+from bench.loadtest.run import SHARES, parse_arguments, rate_limits_setting
+from bench.loadtest.stack import UNLIMITED_RATE_LIMITS
 from shared.api_keys import Role
 from tests.support.database import PostgresForTests
 from tests.support.processes import REPO_ROOT, ServiceProcesses
@@ -149,6 +150,23 @@ def test_clients_are_split_into_every_kind_and_spread_over_the_processes() -> No
         "reader": 40,
     }
     assert split_clients(6, 2, SHARES) == [{"submitter": 1, "watcher": 1, "reader": 1}] * 2
+
+
+def test_an_existing_deployment_needs_its_registry_key_and_database(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ARBITER_DATABASE_URL", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        parse_arguments(["--orchestrator", "127.0.0.1:50052"])
+    assert exit_info.value.code == 2
+    assert "also give --registry, --key, --database-url" in capsys.readouterr().err
+
+
+def test_rate_limits_are_off_unless_asked_for() -> None:
+    assert rate_limits_setting("off") == UNLIMITED_RATE_LIMITS
+    assert rate_limits_setting("default") is None
+    assert rate_limits_setting("submitter=10/20") == "submitter=10/20"
+    assert parse_arguments([]).rate_limits == "off"
 
 
 # Real runs.
