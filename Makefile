@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 BENCH_INSTALLED := $(VENV)/.bench-installed
 BENCH_ARGS ?=
+LOADTEST_ARGS ?=
 PROTO_FILES := $(wildcard proto/arbiter/v1/*.proto)
 ROLE ?= submitter
 # The image `make image` builds and `make manifests` names; TAG defaults to the package version, the
@@ -19,7 +20,7 @@ PROD_OVERLAY := deploy/k8s/overlays/prod
 PROD_IMAGE_NAME := ghcr.io/arbiter/arbiter
 MANIFESTS := dist/arbiter-prod.yaml
 
-.PHONY: install proto proto-check lint test run migrate keys clean bench env-example breaking image manifests
+.PHONY: install proto proto-check lint test run migrate keys clean bench loadtest env-example breaking image manifests
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +74,13 @@ $(BENCH_INSTALLED): $(INSTALLED) bench/requirements.txt
 # writes bench/results/latest.{json,md,png}. A quick run: make bench BENCH_ARGS="--tasks 2000 --repetitions 1"
 bench: $(BENCH_INSTALLED)
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# Issue 9: clients (submitters, watchers, readers) and SDK agents against its own stack (a fresh database on
+# ARBITER_DATABASE_URL's server or the embedded one) for a set time, then a drain; per-RPC p50/p95/p99,
+# error rate, server-side codes from /metrics, lost tasks; writes bench/results/loadtest.json; exits 1 on a
+# lost or stuck task, a server error or too many errors. make loadtest LOADTEST_ARGS="--duration 60 --clients 100 --agents 50"
+loadtest: $(INSTALLED)
+	$(PY) -m bench.loadtest $(LOADTEST_ARGS)
 
 # make keys ROLE=viewer: creates an API key for the role and prints it once.
 keys: $(INSTALLED)

@@ -102,28 +102,60 @@ def recreate_database() -> None:
         connection.execute(f"CREATE DATABASE {DATABASE}")
 
 
-async def prepare_database(pepper: str) -> dict[str, str]:
-    """Migrations and one key per role the benchmark uses."""
-    from shared.api_keys import KeyHasher, KeySpec, Role, create_key
+async def create_keys(database_url: str, pepper: str, specs: dict[str, Any]) -> dict[str, str]:
+    """Migrations, then one key per entry of `specs` (name → shared.api_keys.KeySpec); their secrets by name."""
+    from shared.api_keys import KeyHasher, create_key
     from shared.database import migrate, open_pool
 
-    await migrate(DATABASE_URL)
-    pool = await open_pool(DATABASE_URL, 1, 1, name="bench")
+    await migrate(database_url)
+    pool = await open_pool(database_url, 1, 1, name="bench")
     try:
         hasher = KeyHasher(pepper)
-        specs = {
-            "service": KeySpec(Role.SERVICE, "*", "bench orchestrator"),
-            "submitter": KeySpec(Role.SUBMITTER, "default", "bench submitter"),
-            "agent": KeySpec(Role.AGENT, "default", "bench agents"),
-        }
         return {name: (await create_key(pool, hasher, spec)).secret for name, spec in specs.items()}
     finally:
         await pool.close()
 
 
-def start_stack(log_dir: Path) -> Stack:
-    from shared.devstack import wait_until_serving
+async def prepare_database(pepper: str) -> dict[str, str]:
+    """Migrations and one key per role the benchmark uses."""
+    from shared.api_keys import KeySpec, Role
 
+    specs = {
+        "service": KeySpec(Role.SERVICE, "*", "bench orchestrator"),
+        "submitter": KeySpec(Role.SUBMITTER, "default", "bench submitter"),
+        "agent": KeySpec(Role.AGENT, "default", "bench agents"),
+    }
+    return await create_keys(DATABASE_URL, pepper, specs)
+
+
+def start_services(
+    log_dir: Path, environment: dict[str, str], per_service: dict[str, dict[str, str]]
+) -> list[subprocess.Popen[bytes]]:
+    """The registry, then the orchestrator, as subprocesses logging into `log_dir`, each returning once it
+    serves. `per_service` maps each module to its own variables, ARBITER_<NAME>_ADDR among them."""
+    from shared.devstack import stop_all, wait_until_serving
+
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for module in ("services.registry", "services.orchestrator"):
+            own = per_service[module]
+            with (log_dir / f"{module}.log").open("ab") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", module],
+                    cwd=REPO_ROOT,
+                    env={**environment, **own},
+                    stdout=log,
+                    stderr=log,
+                )
+            processes.append(process)
+            wait_until_serving(own[f"ARBITER_{module.rsplit('.', 1)[1].upper()}_ADDR"], process)
+    except BaseException:
+        stop_all(processes)
+        raise
+    return processes
+
+
+def start_stack(log_dir: Path) -> Stack:
     recreate_database()
     pepper = secrets.token_urlsafe(48)
     keys = asyncio.run(prepare_database(pepper))
@@ -138,15 +170,15 @@ def start_stack(log_dir: Path) -> Stack:
         "ARBITER_RATE_LIMITS": "agent=unlimited,submitter=unlimited,service=unlimited,admin=unlimited",
         "ARBITER_LOG_LEVEL": "WARNING",
     }
-    stack = Stack(agent_key=keys["agent"], submitter_key=keys["submitter"], log_dir=log_dir)
-    for module, address in (("services.registry", REGISTRY_ADDRESS), ("services.orchestrator", ORCHESTRATOR_ADDRESS)):
-        with (log_dir / f"{module}.log").open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", module], cwd=REPO_ROOT, env=environment, stdout=log, stderr=log
-            )
-        stack.processes.append(process)
-        wait_until_serving(address, process)
-    return stack
+    processes = start_services(
+        log_dir,
+        environment,
+        {
+            "services.registry": {"ARBITER_REGISTRY_ADDR": REGISTRY_ADDRESS},
+            "services.orchestrator": {"ARBITER_ORCHESTRATOR_ADDR": ORCHESTRATOR_ADDRESS},
+        },
+    )
+    return Stack(processes=processes, agent_key=keys["agent"], submitter_key=keys["submitter"], log_dir=log_dir)
 
 
 def stop_stack(stack: Stack) -> None:
@@ -164,7 +196,7 @@ def stop_stack(stack: Stack) -> None:
 # Where the CPU goes: read from /proc (no call to the system under test), per process kind.
 
 
-def _process_cpu_seconds(pid: int) -> float:
+def process_cpu_seconds(pid: int) -> float:
     """User + system CPU time of a live process; 0 when it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -173,7 +205,7 @@ def _process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _backends_of(database: str) -> list[int]:
+def backends_of(database: str) -> list[int]:
     """The PostgreSQL server processes serving this database (the services' pools and listeners)."""
     pids = []
     for entry in Path("/proc").iterdir():
@@ -190,9 +222,9 @@ def _backends_of(database: str) -> list[int]:
 def cpu_seconds(stack: Stack) -> dict[str, float]:
     registry, orchestrator = stack.processes
     return {
-        "registry": _process_cpu_seconds(registry.pid),
-        "orchestrator": _process_cpu_seconds(orchestrator.pid),
-        "postgres": sum(_process_cpu_seconds(pid) for pid in _backends_of(DATABASE)),
+        "registry": process_cpu_seconds(registry.pid),
+        "orchestrator": process_cpu_seconds(orchestrator.pid),
+        "postgres": sum(process_cpu_seconds(pid) for pid in backends_of(DATABASE)),
     }
 
 
