@@ -10,6 +10,7 @@ back to the replica once it answers again (arbiter_database_replica_up).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
@@ -61,7 +62,9 @@ class Replica:
             self._checking.cancel()
             await asyncio.gather(self._checking, return_exceptions=True)
         DATABASE_POOLS.remove(self.pool)
-        DATABASE_REPLICA_UP.remove(self.service)
+        # Another app of the same service in this process (tests) may have removed it already.
+        with contextlib.suppress(KeyError):
+            DATABASE_REPLICA_UP.remove(self.service)
         await self.pool.close()
 
     def mark(self, up: bool, why: str = "") -> None:
