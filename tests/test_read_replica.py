@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import psycopg
 import pytest
+import yaml
 from prometheus_client import REGISTRY
 
 from arbiter.v1 import admin_service_pb2 as apb
@@ -318,3 +319,17 @@ def test_a_service_with_a_bad_read_url_exits_2_naming_it(database_url: str) -> N
     assert finished.returncode == 2, finished.stderr
     assert "ARBITER_DATABASE_READ_URL" in finished.stderr and "1 to 65535" in finished.stderr
     assert password not in finished.stderr + finished.stdout
+
+
+def test_the_replica_alert_watches_the_replica_gauge_and_has_a_runbook_entry() -> None:
+    rules = yaml.safe_load((REPO_ROOT / "deploy" / "monitoring" / "prometheus-rules.yaml").read_text())
+    (alert,) = [
+        rule
+        for group in rules["spec"]["groups"]
+        for rule in group["rules"]
+        if rule.get("alert") == "ArbiterDatabaseReplicaDown"
+    ]
+    assert "arbiter_database_replica_up" in alert["expr"]
+    assert alert["annotations"]["runbook"] == "docs/operations.md#arbiterdatabasereplicadown"
+    operations = (REPO_ROOT / "docs" / "operations.md").read_text()
+    assert "\n### ArbiterDatabaseReplicaDown\n" in operations
