@@ -150,10 +150,11 @@ SETTINGS: tuple[Setting, ...] = (
         "ARBITER_DATABASE_URL",
         "database_url",
         None,
-        _text,
+        _connection_string,
         "PostgreSQL URL, e.g. postgresql://user@host:5432/arbiter. Unset, libpq's PGHOST, PGPORT, PGDATABASE, "
         "PGUSER and PGPASSWORD are used if any is set. The services need one or the other; `make run` and the "
         "`arbiter` database commands start an embedded PostgreSQL under ARBITER_STATE_DIR when neither is.",
+        secret=True,
     ),
     Setting(
         "ARBITER_DATABASE_READ_URL",

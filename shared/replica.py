@@ -85,9 +85,12 @@ class Replica:
 
     async def check(self) -> None:
         try:
-            async with self.pool.connection(timeout=REPLICA_CHECK_SECONDS) as connection:
+            # Bounded as a whole: a connection to a host that vanished can wait minutes for TCP to give up.
+            async with asyncio.timeout(REPLICA_CHECK_SECONDS), self.pool.connection() as connection:
                 await connection.execute("SELECT 1")
-        except (psycopg.Error, TimeoutError) as error:
+        except TimeoutError:
+            self.mark(False, f"no answer within {REPLICA_CHECK_SECONDS:g} s")
+        except psycopg.Error as error:
             self.mark(False, _reason(error))
         else:
             self.mark(True)
@@ -105,10 +108,13 @@ def _reason(error: BaseException) -> str:
 async def _first_answer(url: str) -> str | None:
     """None when the replica answers a query now; else why not."""
     try:
-        async with await psycopg.AsyncConnection.connect(
-            url, autocommit=True, connect_timeout=START_CONNECT_TIMEOUT_SECONDS
-        ) as connection:
-            await connection.execute("SELECT 1")
+        async with asyncio.timeout(START_CONNECT_TIMEOUT_SECONDS):
+            async with await psycopg.AsyncConnection.connect(
+                url, autocommit=True, connect_timeout=START_CONNECT_TIMEOUT_SECONDS
+            ) as connection:
+                await connection.execute("SELECT 1")
+    except TimeoutError:
+        return f"no answer within {START_CONNECT_TIMEOUT_SECONDS} s"
     except psycopg.Error as error:
         return _reason(error)
     return None
