@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.api_keys import KeyHasher, MissingPepper
-from shared.libpq_environment import LIBPQ_VARIABLES, conninfo_from_libpq_variables
+from shared.libpq_environment import LIBPQ_VARIABLES, conninfo_from_libpq_variables, conninfo_parameters
 from shared.logs import LOG_FORMATS
 from shared.rate_limits import DEFAULT_RATE_LIMITS, BucketLimit, parse_rate_limits
 
@@ -28,6 +28,21 @@ def _address(value: str) -> str:
     match = _ADDRESS.match(value)
     if not match or not 0 <= int(match.group(2)) <= 65535:
         raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:50051")
+    return value
+
+
+def _connection_string(value: str) -> str:
+    # The messages never quote the value: it may hold a password.
+    parameters = conninfo_parameters(value)
+    if parameters is None:
+        raise ValueError(
+            "is not a PostgreSQL URL (postgresql://user@host:5432/arbiter) or key=value connection string "
+            "that libpq can parse; check its spelling, and percent-encode special characters in the password"
+        )
+    # libpq takes one port per host, comma-separated, and would only find a bad one when connecting.
+    for port in parameters.get("port", "").split(","):
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError(f"names port {port[:10]!r}; a port is a number from 1 to 65535")
     return value
 
 
@@ -126,6 +141,8 @@ class Setting:
     default: str | None
     parse: Callable[[str], Any]
     meaning: str
+    # A value that may hold a password: an error about it never repeats it.
+    secret: bool = False
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -133,10 +150,22 @@ SETTINGS: tuple[Setting, ...] = (
         "ARBITER_DATABASE_URL",
         "database_url",
         None,
-        _text,
+        _connection_string,
         "PostgreSQL URL, e.g. postgresql://user@host:5432/arbiter. Unset, libpq's PGHOST, PGPORT, PGDATABASE, "
         "PGUSER and PGPASSWORD are used if any is set. The services need one or the other; `make run` and the "
         "`arbiter` database commands start an embedded PostgreSQL under ARBITER_STATE_DIR when neither is.",
+        secret=True,
+    ),
+    Setting(
+        "ARBITER_DATABASE_READ_URL",
+        "database_read_url",
+        None,
+        _connection_string,
+        "PostgreSQL URL of a read replica of that database. When set, GetTask, ListTasks, GetTaskHistory, "
+        "ListAgents and ListAuditEvents read from it, falling back to the primary while it does not answer "
+        "and for a task it does not have yet; unset, every read goes to the primary (docs/operations.md, "
+        "Read replicas).",
+        secret=True,
     ),
     Setting("ARBITER_REGISTRY_ADDR", "registry_addr", "127.0.0.1:50051", _address, "Where the registry listens."),
     Setting(
@@ -434,6 +463,8 @@ SETTINGS: tuple[Setting, ...] = (
 class Config:
     # ARBITER_DATABASE_URL, else a connection string made of the PG* variables (shared/libpq_environment.py).
     database_url: str | None
+    # ARBITER_DATABASE_READ_URL: where the read-only RPCs read (shared/replica.py); None: the primary.
+    database_read_url: str | None
     registry_addr: str
     orchestrator_addr: str
     registry_target: str | None
@@ -492,7 +523,7 @@ class Config:
             try:
                 values[setting.field] = setting.parse(raw.strip())
             except ValueError as error:
-                problems.append(f"{setting.env}={raw!r}: {error}")
+                problems.append(f"{setting.env} {error}" if setting.secret else f"{setting.env}={raw!r}: {error}")
         if values.get("database_url") is None:
             values["database_url"] = conninfo_from_libpq_variables(environ)
         if not problems and values["db_pool_min_size"] > values["db_pool_max_size"]:

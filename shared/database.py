@@ -33,18 +33,19 @@ RECONNECT_SECONDS = 5.0
 OPEN_TIMEOUT_SECONDS = 30.0
 
 
-async def open_pool(
+def create_pool(
     url: str,
     min_size: int,
     max_size: int,
     name: str,
     application_name: str = "",
     configure: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]] | None = None,
+    connection_wait_seconds: float = CONNECTION_WAIT_SECONDS,
 ) -> Pool:
-    """Opens a pool whose connections return rows as dicts; waits (up to 30 s) until one connection works.
-    The connections carry `application_name` (default: the pool's name), as pg_stat_activity and the
-    task triggers' notifications show it."""
-    pool: Pool = AsyncConnectionPool(
+    """A pool, not yet opened, whose connections return rows as dicts. The connections carry
+    `application_name` (default: the pool's name), as pg_stat_activity and the task triggers'
+    notifications show it. A caller waits `connection_wait_seconds` for a connection, then gets PoolTimeout."""
+    return AsyncConnectionPool(
         url,
         connection_class=psycopg.AsyncConnection[DictRow],
         min_size=min_size,
@@ -61,10 +62,22 @@ async def open_pool(
         name=name,
         # Run on each new connection (shared/tracing.py: a span per statement).
         configure=configure,
-        timeout=CONNECTION_WAIT_SECONDS,
+        timeout=connection_wait_seconds,
         reconnect_timeout=RECONNECT_SECONDS,
         open=False,
     )
+
+
+async def open_pool(
+    url: str,
+    min_size: int,
+    max_size: int,
+    name: str,
+    application_name: str = "",
+    configure: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]] | None = None,
+) -> Pool:
+    """Opens a pool (see create_pool) and waits (up to 30 s) until one connection works."""
+    pool = create_pool(url, min_size, max_size, name, application_name, configure)
     await pool.open()
     try:
         # Not open(wait=True): that waits on the pool's own attempts, which give up after RECONNECT_SECONDS.

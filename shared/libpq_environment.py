@@ -31,6 +31,14 @@ def conninfo_from_libpq_variables(environ: Mapping[str, str]) -> str | None:
     return make_conninfo(**parameters) if parameters else None
 
 
+def conninfo_parameters(conninfo: str) -> dict[str, str] | None:
+    """The parameters of `conninfo` (a URL or key=value pairs) as libpq reads them; None when it cannot."""
+    try:
+        return {name: str(value) for name, value in conninfo_to_dict(conninfo).items()}
+    except psycopg.ProgrammingError:
+        return None
+
+
 def without_password(conninfo: str) -> str:
     """`conninfo` (a URL or key=value pairs) as key=value pairs without the password, fit for a log
     line or an error message."""

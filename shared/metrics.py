@@ -145,28 +145,29 @@ def _metered_stream(behaviour: Callable[..., Any], labels: tuple[str, str, str])
 
 
 class _PoolCollector(Collector):
-    """The psycopg pools of this process (one per service app), read at each scrape, summed by service."""
+    """The psycopg pools of this process (one per service app, and one more for its read replica if it has
+    one), read at each scrape, summed by service and pool ("primary" or "replica")."""
 
     def __init__(self) -> None:
-        self._pools: dict[int, tuple[str, Pool]] = {}
+        self._pools: dict[int, tuple[tuple[str, str], Pool]] = {}
 
-    def add(self, service: str, pool: Pool) -> None:
-        self._pools[id(pool)] = (service, pool)
+    def add(self, service: str, pool: Pool, role: str = "primary") -> None:
+        self._pools[id(pool)] = ((service, role), pool)
 
     def remove(self, pool: Pool) -> None:
         self._pools.pop(id(pool), None)
 
     def collect(self) -> Iterator[Metric]:
-        totals: dict[str, dict[str, float]] = {}
-        for service, pool in list(self._pools.values()):
+        totals: dict[tuple[str, str], dict[str, float]] = {}
+        for labels, pool in list(self._pools.values()):
             stats = pool.get_stats()
-            figures = totals.setdefault(service, {})
+            figures = totals.setdefault(labels, {})
             for _, key, _ in _POOL_FIGURES:
                 figures[key] = figures.get(key, 0.0) + float(stats.get(key, 0))
         for name, key, text in _POOL_FIGURES:
-            gauge = GaugeMetricFamily(name, text, labels=["service"])
-            for service, figures in sorted(totals.items()):
-                gauge.add_metric([service], figures[key])
+            gauge = GaugeMetricFamily(name, text, labels=["service", "pool"])
+            for labels, figures in sorted(totals.items()):
+                gauge.add_metric(list(labels), figures[key])
             yield gauge
 
 
@@ -180,6 +181,19 @@ DATABASE_POOLS = _PoolCollector()
 REGISTRY.register(DATABASE_POOLS)
 DATABASE_UP = Gauge(
     "arbiter_database_up", "1 while the service's database answers its health check, 0 while it does not.", ["service"]
+)
+
+# Only with ARBITER_DATABASE_READ_URL (shared/replica.py).
+DATABASE_REPLICA_UP = Gauge(
+    "arbiter_database_replica_up",
+    "1 while the service's read replica answers, 0 while its reads go to the primary instead.",
+    ["service"],
+)
+DATABASE_REPLICA_FALLBACKS = Counter(
+    "arbiter_database_replica_fallbacks_total",
+    "Reads meant for the read replica that ran on the primary, by reason: replica_down (it did not answer "
+    "its last check), query_failed (the read failed on it), not_found (it lacked the task: replication lag).",
+    ["service", "reason"],
 )
 
 

@@ -130,7 +130,7 @@ async def test_a_task_moves_the_task_assignment_and_agent_figures(observed_stack
     assert value(found, "arbiter_routing_decision_seconds_count") >= 1
     assert value(found, "arbiter_queue_depth", task_type="metered") == 0
     assert value(found, "arbiter_database_up", service="orchestrator") == 1
-    assert value(found, "arbiter_db_pool_size", service="orchestrator") >= 1
+    assert value(found, "arbiter_db_pool_size", service="orchestrator", pool="primary") >= 1
 
 
 async def test_a_failure_without_attempts_left_counts_as_a_dead_letter_and_a_retryable_one_as_a_retry(

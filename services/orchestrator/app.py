@@ -33,6 +33,7 @@ from shared.config import Config
 from shared.database import Pool, open_pool
 from shared.metrics import refresh_periodically
 from shared.permissions import ORCHESTRATOR_ROLES, ORCHESTRATOR_SERVICE, method_permissions
+from shared.replica import Reads, Replica, open_replica
 from shared.server import Observability, RunningServer, ServerLimits, cancel_and_wait, start_server
 from shared.tenancy import TaskScope
 from shared.tls import registry_channel_credentials, server_credentials
@@ -48,6 +49,8 @@ class OrchestratorApp:
     server: RunningServer
     background: list[asyncio.Task[None]]
     gate: Gate
+    # The read replica (ARBITER_DATABASE_READ_URL), None without one.
+    replica: Replica | None = None
 
     @property
     def port(self) -> int:
@@ -63,6 +66,8 @@ class OrchestratorApp:
         await cancel_and_wait(self.background)
         await self.gate.close()
         await self.registry_channel.close()
+        if self.replica is not None:
+            await self.replica.close()
         await self.pool.close()
 
 
@@ -86,7 +91,9 @@ async def create_orchestrator(config: Config, tracer_provider: TracerProvider | 
     registry_channel = open_registry_channel(config.registry_dial_target, registry_credentials)
     background: list[asyncio.Task[None]] = []
     gate: Gate | None = None
+    replica: Replica | None = None
     try:
+        replica = await open_replica(config, "orchestrator", configure=connection_tracer(tracer_provider))
         sessions = AgentSessions()
         registry = RegistryClient(registry_channel, service_key, retry_seconds=config.registry_retry_seconds)
         outcomes = OutcomeReporter(registry)
@@ -116,6 +123,7 @@ async def create_orchestrator(config: Config, tracer_provider: TracerProvider | 
             max_payload_bytes=config.max_payload_bytes,
             poll_seconds=config.assignment_poll_seconds,
             instance_id=instance_id,
+            reads=Reads.over(store, replica, lambda replica_pool: TaskStore(replica_pool, config.lease_seconds)),
         )
         sweeper = Sweeper(
             store,
@@ -161,6 +169,8 @@ async def create_orchestrator(config: Config, tracer_provider: TracerProvider | 
         if gate is not None:
             await gate.close()
         await registry_channel.close()
+        if replica is not None:
+            await replica.close()
         await pool.close()
         raise
-    return OrchestratorApp(pool, registry_channel, orchestrator, notifications, server, background, gate)
+    return OrchestratorApp(pool, registry_channel, orchestrator, notifications, server, background, gate, replica)

@@ -46,6 +46,7 @@ from shared import tenancy, validation
 from shared.errors import Aborted, ArbiterError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shared.logs import about_agent
 from shared.pagination import decode_page_token, encode_page_token
+from shared.replica import Reads
 from shared.tenancy import TaskScope
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,10 @@ RECONNECT_POLL_SECONDS = 0.01
 def _unknown_task(task_id: str) -> NotFound:
     # The same answer for another tenant's task (or, for a submitter key, another key's): ids do not leak.
     return NotFound(f"task {task_id} does not exist")
+
+
+def _absent(found: object) -> bool:
+    return found is None
 
 
 @dataclass(frozen=True)
@@ -104,8 +109,12 @@ class Orchestrator:
         max_payload_bytes: int,
         poll_seconds: float,
         instance_id: str,
+        reads: Reads[TaskStore] | None = None,
     ) -> None:
         self._store = store
+        # GetTask, ListTasks and GetTaskHistory: the read replica's store when there is one
+        # (shared/replica.py); everything else, watches included, reads what it wrote on the primary.
+        self._reads = reads or Reads(store)
         self._registry = registry
         self.sessions = sessions
         self._notifications = notifications
@@ -138,15 +147,29 @@ class Orchestrator:
         return await self._store.count_by_type_and_state(scope)
 
     async def get(self, task_id: str, scope: TaskScope) -> TaskRecord:
+        """GetTask: read where reads go; a task the replica does not have yet is looked up on the primary."""
         checked_id = validation.task_id("task_id", task_id)
-        record = await self._store.get(checked_id, scope)
+        record = await self._reads.run(lambda store: self._read_task(store, checked_id, scope), missing=_absent)
         if record is None:
             raise _unknown_task(checked_id)
-        return (await self._shown([record]))[0]
+        return record
 
-    async def _shown(self, records: list[TaskRecord]) -> list[TaskRecord]:
-        """The tasks as users see them: with their latest routing decision and, while PENDING, why."""
-        records = await self._store.with_routing(records)
+    async def _current(self, task_id: str, scope: TaskScope) -> TaskRecord:
+        """The task as the primary has it: for callers that must see their own writes."""
+        checked_id = validation.task_id("task_id", task_id)
+        record = await self._read_task(self._store, checked_id, scope)
+        if record is None:
+            raise _unknown_task(checked_id)
+        return record
+
+    async def _read_task(self, store: TaskStore, task_id: str, scope: TaskScope) -> TaskRecord | None:
+        record = await store.get(task_id, scope)
+        return None if record is None else (await self._shown([record], store))[0]
+
+    async def _shown(self, records: list[TaskRecord], store: TaskStore | None = None) -> list[TaskRecord]:
+        """The tasks as users see them: with their latest routing decision (read from `store`, default the
+        primary's) and, while PENDING, why."""
+        records = await (store or self._store).with_routing(records)
         if not self.directory.ever_synced:
             return records
         reasons = PendingReasons(list(self.directory.agents()), datetime.now(UTC))
@@ -156,7 +179,7 @@ class Orchestrator:
         ]
 
     async def explain_routing(self, task_id: str, scope: TaskScope) -> RoutingExplanation:
-        task = await self.get(task_id, scope)
+        task = await self._current(task_id, scope)
         decisions = await self._store.routing_decisions(task.id)
         candidates = []
         if task.state == TaskState.PENDING:
@@ -179,10 +202,15 @@ class Orchestrator:
                 raise InvalidArgument("page_token", "is not a token from a previous page") from None
         if task_type:
             validation.name("task_type", task_type, required=True)
-        records = await self._store.list_page(scope, before, limit + 1, state, task_type or None)
-        if len(records) <= limit:
-            return TaskPage(await self._shown(records), "")
-        page = await self._shown(records[:limit])
+
+        async def read_page(store: TaskStore) -> tuple[list[TaskRecord], bool]:
+            # One extra row tells whether another page follows.
+            records = await store.list_page(scope, before, limit + 1, state, task_type or None)
+            return await self._shown(records[:limit], store), len(records) > limit
+
+        page, more = await self._reads.run(read_page)
+        if not more:
+            return TaskPage(page, "")
         last = page[-1]
         return TaskPage(page, encode_page_token({"created_at": last.created_at.isoformat(), "id": last.id}))
 
@@ -191,7 +219,7 @@ class Orchestrator:
         validation.text("reason", reason, maximum=MAX_CANCEL_REASON_LENGTH)
         cancelled = await self._store.cancel(checked_id, reason.strip() or "cancelled by request", scope)
         if cancelled is None:
-            current = await self.get(checked_id, scope)
+            current = await self._current(checked_id, scope)
             raise FailedPrecondition(
                 f"task {checked_id} is already {current.state.name}; only PENDING, ASSIGNED or RUNNING tasks "
                 "can be cancelled"
@@ -206,7 +234,8 @@ class Orchestrator:
         arrive as one (the latest state); GetTaskHistory has every transition."""
         checked_id = validation.task_id("task_id", task_id)
         with self._notifications.watch(checked_id) as changed:
-            task = await self.get(checked_id, scope)
+            # From the primary, like every later read: the notifications follow the primary's changes.
+            task = await self._current(checked_id, scope)
             yield task
             while not task.state.is_terminal:
                 with contextlib.suppress(TimeoutError):
@@ -221,10 +250,18 @@ class Orchestrator:
                     yield task
 
     async def history(self, task_id: str, scope: TaskScope) -> list[TaskEvent]:
+        """GetTaskHistory: read where reads go; a task the replica does not have yet is looked up on the primary."""
         checked_id = validation.task_id("task_id", task_id)
-        if await self._store.get(checked_id, scope) is None:
+
+        async def read_history(store: TaskStore) -> list[TaskEvent] | None:
+            if await store.get(checked_id, scope) is None:
+                return None
+            return await store.history(checked_id)
+
+        events = await self._reads.run(read_history, missing=_absent)
+        if events is None:
             raise _unknown_task(checked_id)
-        return await self._store.history(checked_id)
+        return events
 
     # Agents' side.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import grpc
 
@@ -33,6 +34,7 @@ from shared.permissions import (
     REGISTRY_ROLES,
     REGISTRY_SERVICE,
 )
+from shared.replica import Reads
 from shared.timestamps import to_timestamp
 
 # The documented limits live in shared/validation.py (README, "Limits").
@@ -135,9 +137,11 @@ FULL_METHOD_NAMES = {
 
 
 class AdminServicer(pb_grpc.AdminServiceServicer):
-    def __init__(self, pool: Pool, hasher: KeyHasher) -> None:
+    def __init__(self, pool: Pool, hasher: KeyHasher, audit_reads: Reads[Pool] | None = None) -> None:
         self._pool = pool
         self._hasher = hasher
+        # Where ListAuditEvents reads: the read replica when there is one (shared/replica.py).
+        self._audit_reads = audit_reads or Reads(pool)
 
     @unary_errors
     async def CreateApiKey(
@@ -189,9 +193,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def ListAuditEvents(
         self, request: pb.ListAuditEventsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListAuditEventsResponse:
-        page = await list_audit_events(
-            self._pool,
-            current_caller().tenant,
+        read_page = partial(
+            list_audit_events,
+            tenant=current_caller().tenant,
             since=validation.timestamp("since", request.since) if request.HasField("since") else None,
             until=validation.timestamp("until", request.until) if request.HasField("until") else None,
             rpc=FULL_METHOD_NAMES.get(request.rpc, request.rpc),
@@ -201,6 +205,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             page_size=request.page_size,
             page_token=request.page_token,
         )
+        page = await self._audit_reads.run(read_page)
         return pb.ListAuditEventsResponse(
             events=[audit_event_to_pb(event) for event in page.events], next_page_token=page.next_page_token
         )

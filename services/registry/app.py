@@ -27,6 +27,7 @@ from shared.permissions import (
     REGISTRY_SERVICE,
     method_permissions,
 )
+from shared.replica import Reads, Replica, open_replica
 from shared.server import Observability, RunningServer, ServerLimits, cancel_and_wait, start_server
 from shared.tls import server_credentials
 from shared.tracing import connection_tracer
@@ -41,6 +42,8 @@ class RegistryApp:
     gate: Gate
     # Reads the agents by status for the metrics, when they are served.
     metrics_task: asyncio.Task[None] | None = None
+    # The read replica (ARBITER_DATABASE_READ_URL), None without one.
+    replica: Replica | None = None
 
     @property
     def port(self) -> int:
@@ -54,6 +57,8 @@ class RegistryApp:
         await self.server.stop(grace)
         await cancel_and_wait([self.feed_task, *([self.metrics_task] if self.metrics_task else [])])
         await self.gate.close()
+        if self.replica is not None:
+            await self.replica.close()
         await self.pool.close()
 
 
@@ -72,11 +77,21 @@ async def create_registry(config: Config, tracer_provider: TracerProvider | None
     )
     feed_task: asyncio.Task[None] | None = None
     gate: Gate | None = None
+    replica: Replica | None = None
     try:
-        store = AgentStore(pool, Silence.for_interval(config.heartbeat_interval_seconds))
+        replica = await open_replica(config, "registry", configure=connection_tracer(tracer_provider))
+        silence = Silence.for_interval(config.heartbeat_interval_seconds)
+        store = AgentStore(pool, silence)
         feed = AgentFeed(database_url, store, config.heartbeat_interval_seconds)
         feed_task = asyncio.create_task(feed.run())
-        registry = Registry(store, feed, config.heartbeat_interval_seconds, config.degradation_min_outcomes)
+        registry = Registry(
+            store,
+            feed,
+            config.heartbeat_interval_seconds,
+            config.degradation_min_outcomes,
+            reads=Reads.over(store, replica, lambda replica_pool: AgentStore(replica_pool, silence)),
+        )
+        audit_reads = Reads.over(pool, replica, lambda replica_pool: replica_pool)
         gate = await open_gate(
             config,
             pool,
@@ -88,7 +103,9 @@ async def create_registry(config: Config, tracer_provider: TracerProvider | None
 
         def add_servicers(grpc_server: grpc.aio.Server) -> None:
             registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry), grpc_server)
-            admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(pool, hasher), grpc_server)
+            admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
+                AdminServicer(pool, hasher, audit_reads), grpc_server
+            )
 
         server = await start_server(
             config.registry_addr,
@@ -105,6 +122,8 @@ async def create_registry(config: Config, tracer_provider: TracerProvider | None
             await cancel_and_wait([feed_task])
         if gate is not None:
             await gate.close()
+        if replica is not None:
+            await replica.close()
         await pool.close()
         raise
     metrics_task = None
@@ -114,4 +133,4 @@ async def create_registry(config: Config, tracer_provider: TracerProvider | None
             metrics.record_agents_by_status(await store.count_by_status())
 
         metrics_task = asyncio.create_task(refresh_periodically("agents by status", count_agents))
-    return RegistryApp(pool, feed, feed_task, server, gate, metrics_task)
+    return RegistryApp(pool, feed, feed_task, server, gate, metrics_task, replica)

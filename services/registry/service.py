@@ -28,6 +28,7 @@ from shared import tenancy, validation
 from shared.errors import InvalidArgument, NotFound, Unavailable
 from shared.logs import about_agent
 from shared.pagination import decode_page_token, encode_page_token
+from shared.replica import Reads
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,11 @@ class Registry:
         feed: AgentFeed,
         heartbeat_interval_seconds: float,
         degradation_min_outcomes: int,
+        reads: Reads[AgentStore] | None = None,
     ) -> None:
         self._store = store
+        # ListAgents: the read replica's store when there is one (shared/replica.py).
+        self._reads = reads or Reads(store)
         self._feed = feed
         self.heartbeat_interval_seconds = heartbeat_interval_seconds
         self._judge = partial(judge_degradation, min_outcomes=degradation_min_outcomes)
@@ -95,8 +99,10 @@ class Registry:
         if task_type:
             validation.name("task_type", task_type, required=True)
         # One extra row tells whether another page follows.
-        records = await self._store.list_page(
-            tenant, position["after_id"] if position else None, limit + 1, task_type or None, status
+        records = await self._reads.run(
+            lambda store: store.list_page(
+                tenant, position["after_id"] if position else None, limit + 1, task_type or None, status
+            )
         )
         if len(records) <= limit:
             return AgentPage(records, "")
