@@ -237,13 +237,14 @@ class MigrationOutcome:
     reverted: list[int]
 
 
-async def migrate_to(url: str, target: int | None) -> MigrationOutcome:
+async def migrate_to(url: str, target: int | None, *, dry_run: bool = False) -> MigrationOutcome:
     """Moves the database to migration `target` (None: the newest this release ships): undoes the applied
     migrations above it newest first with their down scripts, then applies the missing ones up to it.
 
     Everything happens under the advisory lock the services take to migrate, so concurrent runs queue and each
     sees what the previous one did; each migration, up or down, is one transaction with its schema_migrations
     row. The whole plan is checked before the first change: a migration that cannot be undone refuses it all.
+    With `dry_run`, returns what it would undo and apply, or refuses the same way, and changes nothing.
     """
     shipped = load_migrations()
     outcome = MigrationOutcome([], [])
@@ -264,6 +265,10 @@ async def migrate_to(url: str, target: int | None) -> MigrationOutcome:
             rows = await cursor.fetchall()
             applied = {version: checksum for version, _, checksum in rows}
             plan = plan_migration(applied, shipped, target)
+            if dry_run:
+                return MigrationOutcome(
+                    [migration.version for migration in plan.apply], [migration.version for migration in plan.revert]
+                )
             if target is None:
                 _warn_of_newer_migrations(rows, shipped)
             for migration in plan.revert:

@@ -251,5 +251,5 @@ async def test_db_migrate_is_arbiter_migrate(empty_database_url: str) -> None:
     migrated = json.loads(
         succeeded(await arbiter(environment(ARBITER_DATABASE_URL=empty_database_url), "db", "migrate", "--json"))
     )
-    assert migrated == {"applied": [item.version for item in load_migrations()], "reverted": []}
+    assert migrated == {"applied": [item.version for item in load_migrations()], "reverted": [], "dry_run": False}
     assert (await checked(empty_database_url)).ok

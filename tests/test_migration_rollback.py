@@ -127,6 +127,17 @@ async def test_arbiter_migrate_to_goes_down_and_back_up(database_url: str) -> No
     assert up.strip() == f"applied migrations: {list(range(LOWEST_REACHABLE + 1, NEWEST + 1))}"
 
 
+async def test_a_dry_run_says_what_it_would_do_and_changes_nothing(database_url: str) -> None:
+    variables = environment(ARBITER_DATABASE_URL=database_url)
+    before = read_schema(database_url)
+    planned = succeeded(await arbiter(variables, "migrate", "--to", str(LOWEST_REACHABLE), "--dry-run"))
+    assert planned.strip() == f"would revert migrations: {list(range(NEWEST, LOWEST_REACHABLE, -1))}"
+    refused = await arbiter(variables, "migrate", "--to", str(LOWEST_REACHABLE - 1), "--dry-run")
+    assert IRREVERSIBLE[-1].label in assert_one_line_error(refused, 1, "arbiter: cannot move the database down")
+    assert applied_versions(database_url)[-1] == NEWEST
+    assert schema_differences(before, read_schema(database_url)) == []
+
+
 @pytest.mark.parametrize("target", [str(NEWEST + 1), "-1", "ten"])
 async def test_migrate_to_a_version_that_does_not_exist_is_a_usage_error(database_url: str, target: str) -> None:
     result = await arbiter(environment(ARBITER_DATABASE_URL=database_url), "migrate", "--to", target)

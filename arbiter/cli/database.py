@@ -75,6 +75,11 @@ def migrate_options() -> argparse.ArgumentParser:
         metavar="N",
         help="the migration to move to (e.g. 10 for 0010_*); default: the newest this release ships",
     )
+    options.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be undone and applied (or why it is refused), and change nothing",
+    )
     return options
 
 
@@ -96,17 +101,17 @@ def run_migrations(arguments: argparse.Namespace) -> int:
             f"--to {target}: there is no such migration; this release's newest is {newest.version} ({newest.label})"
         )
     with database_url(Config.from_env()) as url:
-        outcome = asyncio.run(migrate_to(url, target))
+        outcome = asyncio.run(migrate_to(url, target, dry_run=arguments.dry_run))
     applied, reverted = outcome.applied, outcome.reverted
     if arguments.json:
-        print_json({"applied": applied, "reverted": reverted})
+        print_json({"applied": applied, "reverted": reverted, "dry_run": arguments.dry_run})
     elif not (applied or reverted):
         print("database is up to date" if target is None else f"database is at migration {target} already")
     else:
         if reverted:
-            print(f"reverted migrations: {reverted}")
+            print(f"{'would revert' if arguments.dry_run else 'reverted'} migrations: {reverted}")
         if applied:
-            print(f"applied migrations: {applied}")
+            print(f"{'would apply' if arguments.dry_run else 'applied'} migrations: {applied}")
     return 0
 
 
