@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import asyncio
+import tomllib
+from fnmatch import fnmatch
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from shared.database import IRREVERSIBLE_MARKER, Migration, MigrationRefused, load_migrations, migrate, migrate_to
-from tests.support.processes import ServiceProcesses
+from tests.support.processes import REPO_ROOT, ServiceProcesses
 from tests.support.schema import applied_versions, read_schema, schema_differences
 from tests.support.stack import create_keys
 from tests.test_cli import arbiter, assert_one_line_error, environment, succeeded
@@ -51,8 +53,16 @@ def test_the_irreversible_reason_runs_on_over_the_comment_lines_after_the_marker
     assert Migration(1, "x", "", down).irreversible_reason == "it drops every row."
 
 
+def test_the_package_data_ships_the_down_scripts() -> None:
+    """A wheel (the image installs one) holds shared/ files matching pyproject's package-data globs."""
+    globs = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["shared"]
+    for migration in MIGRATIONS:
+        path = f"migrations/{migration.label}.down.sql"
+        assert any(fnmatch(path, pattern) for pattern in globs), f"pyproject's package-data misses {path}"
+
+
 def test_the_loader_takes_down_scripts_as_no_migrations_of_their_own() -> None:
-    folder = Path(__file__).resolve().parents[1] / "shared" / "migrations"
+    folder = REPO_ROOT / "shared" / "migrations"
     up_files = [path for path in folder.glob("*.sql") if not path.name.endswith(".down.sql")]
     assert [migration.label for migration in MIGRATIONS] == sorted(path.stem for path in up_files)
     assert all(migration.down_sql is not None for migration in MIGRATIONS)
