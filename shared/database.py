@@ -251,18 +251,7 @@ async def migrate_to(url: str, target: int | None, *, dry_run: bool = False) -> 
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as connection:
         await connection.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK_KEY,))
         try:
-            await connection.execute(
-                """
-                CREATE TABLE IF NOT EXISTS schema_migrations (
-                    version    integer PRIMARY KEY,
-                    name       text NOT NULL,
-                    checksum   text NOT NULL,
-                    applied_at timestamptz NOT NULL DEFAULT now()
-                )
-                """
-            )
-            cursor = await connection.execute("SELECT version, name, checksum FROM schema_migrations")
-            rows = await cursor.fetchall()
+            rows = await _read_schema_migrations(connection, create=not dry_run)
             applied = {version: checksum for version, _, checksum in rows}
             plan = plan_migration(applied, shipped, target)
             if dry_run:
@@ -290,6 +279,30 @@ async def migrate_to(url: str, target: int | None, *, dry_run: bool = False) -> 
         finally:
             await connection.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK_KEY,))
     return outcome
+
+
+async def _read_schema_migrations(
+    connection: psycopg.AsyncConnection[Any], *, create: bool
+) -> list[tuple[int, str, str]]:
+    """(version, name, checksum) of each applied migration; makes the table first when `create`."""
+    if create:
+        await connection.execute(
+            """
+            CREATE TABLE IF NOT EXISTS schema_migrations (
+                version    integer PRIMARY KEY,
+                name       text NOT NULL,
+                checksum   text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )
+            """
+        )
+    else:
+        cursor = await connection.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        exists = await cursor.fetchone()
+        if exists is None or not exists[0]:
+            return []
+    cursor = await connection.execute("SELECT version, name, checksum FROM schema_migrations")
+    return [(int(version), str(name), str(checksum)) for version, name, checksum in await cursor.fetchall()]
 
 
 def _warn_of_newer_migrations(rows: list[tuple[int, str, str]], shipped: list[Migration]) -> None:

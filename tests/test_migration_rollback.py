@@ -148,6 +148,12 @@ async def test_a_dry_run_says_what_it_would_do_and_changes_nothing(database_url:
     assert schema_differences(before, read_schema(database_url)) == []
 
 
+async def test_a_dry_run_on_a_database_never_migrated_leaves_it_empty(empty_database_url: str) -> None:
+    outcome = await migrate_to(empty_database_url, None, dry_run=True)
+    assert outcome.applied == [migration.version for migration in MIGRATIONS]
+    assert read_schema(empty_database_url)["relations"] == []
+
+
 @pytest.mark.parametrize("target", [str(NEWEST + 1), "-1", "ten"])
 async def test_migrate_to_a_version_that_does_not_exist_is_a_usage_error(database_url: str, target: str) -> None:
     result = await arbiter(environment(ARBITER_DATABASE_URL=database_url), "migrate", "--to", target)
