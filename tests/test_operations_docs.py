@@ -155,6 +155,7 @@ def test_every_alert_has_an_on_call_row_and_entry_with_meaning_and_first_steps(a
     entry = section(alert, "###")
     assert "**Meaning.**" in entry and "**First steps.**" in entry, f"On call entry {alert}"
     rule = next(rule for rule in alerts() if rule["alert"] == alert)
+    assert rows[0][1] == rule["labels"]["severity"], f"the On call row of {alert} gives another severity"  # type: ignore[index]
     assert rule["annotations"]["runbook"] == f"docs/operations.md#{alert.lower()}"  # type: ignore[index]
 
 
