@@ -18,13 +18,6 @@ from tests.support.processes import REPO_ROOT
 DOC = (REPO_ROOT / "docs" / "operations.md").read_text()
 RULES = REPO_ROOT / "deploy" / "monitoring" / "prometheus-rules.yaml"
 
-# Named in the doc, made by work that another branch is landing at the same time (the read replica and its
-# alert): their checks are skipped until then. The lead empties this set once that branch is merged.
-MADE_ELSEWHERE = {
-    "ARBITER_DATABASE_READ_URL",
-    "ArbiterDatabaseReplicaDown",
-}
-
 CHECKLIST_ITEMS = [
     "Environment",
     "Database",
@@ -76,8 +69,6 @@ def make_targets() -> set[str]:
 @pytest.mark.parametrize("command", [c for c in CHECKLIST_COMMANDS if c.startswith("make ")])
 def test_each_make_command_of_the_checklist_is_a_makefile_target(command: str) -> None:
     target = command.split()[1]
-    if target in MADE_ELSEWHERE:
-        return
     assert target in make_targets(), f"`{command}`: the Makefile has no target {target}"
 
 
@@ -103,8 +94,6 @@ def test_each_arbiter_command_in_the_doc_parses_with_the_options_it_shows(
         if not re.fullmatch(r"[a-z][a-z-]*", word):
             break
         subcommand.append(word)
-    if subcommand[0] in MADE_ELSEWHERE:
-        return
     with pytest.raises(SystemExit) as exited:
         build_parser().parse_args([*subcommand, "--help"])
     assert exited.value.code == 0, f"`arbiter {' '.join(subcommand)} --help` failed"
@@ -120,14 +109,13 @@ _FILE = re.compile(r"\.?[\w-]+(?:/[\w.-]+)*\.(?:py|ya?ml|json|md|sql|toml|exampl
 def test_each_file_the_operations_sections_name_exists() -> None:
     # NNNN_name stands for any migration.
     named = {span for span in code_spans(OUR_SECTIONS) if _FILE.fullmatch(span) and "NNNN" not in span}
-    named -= MADE_ELSEWHERE
     assert named >= {".env.example", "deploy/k8s/base/migrate-job.yaml", "tests/test_backup_restore.py"}
     missing = sorted(path for path in named if not (REPO_ROOT / path).exists())
     assert missing == [], f"docs/operations.md names files that do not exist: {missing}"
 
 
 def test_each_setting_the_operations_sections_name_is_in_shared_config() -> None:
-    named = set(re.findall(r"\bARBITER_[A-Z0-9_]+", OUR_SECTIONS)) - MADE_ELSEWHERE
+    named = set(re.findall(r"\bARBITER_[A-Z0-9_]+", OUR_SECTIONS))
     known = {setting.env for setting in SETTINGS}
     assert named - known == set(), "docs/operations.md names settings shared/config.py does not have"
 
@@ -156,8 +144,8 @@ def test_every_on_call_entry_is_an_alert_of_the_rules_file() -> None:
     entries = set(re.findall(r"^### (\S+)$", ON_CALL, re.M))
     rows = {re.sub(r"^\[(\w+)\].*", r"\1", row[0]) for row in table_rows(ON_CALL)}
     names = {str(rule["alert"]) for rule in alerts()}
-    assert entries - MADE_ELSEWHERE == names
-    assert rows - MADE_ELSEWHERE == names
+    assert entries == names
+    assert rows == names
 
 
 def test_the_migration_table_says_which_migrations_are_reversible_as_their_down_scripts_do() -> None:
