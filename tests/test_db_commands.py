@@ -180,7 +180,7 @@ async def test_db_check_says_the_database_is_newer_than_this_code(database_url: 
     )
     result = await arbiter(environment(ARBITER_DATABASE_URL=database_url), "db", "check")
     line = assert_one_line_error(result, 1, "arbiter: db check: database newer than this code: 9999_from_the_future")
-    assert "run the release that does" in line
+    assert "run the release that does, or undo them with that release's `arbiter migrate --to N`" in line
 
 
 async def test_db_check_names_a_migration_whose_checksum_changed(database_url: str) -> None:
@@ -251,5 +251,5 @@ async def test_db_migrate_is_arbiter_migrate(empty_database_url: str) -> None:
     migrated = json.loads(
         succeeded(await arbiter(environment(ARBITER_DATABASE_URL=empty_database_url), "db", "migrate", "--json"))
     )
-    assert migrated == {"applied": [item.version for item in load_migrations()]}
+    assert migrated == {"applied": [item.version for item in load_migrations()], "reverted": [], "dry_run": False}
     assert (await checked(empty_database_url)).ok

@@ -12,10 +12,10 @@ import psycopg
 
 from arbiter.cli.db_check import ROUND_TRIPS, run_check
 from arbiter.cli.db_seed import run_seed
-from arbiter.cli.options import Subcommands, output_options
+from arbiter.cli.options import Subcommands, UsageError, output_options
 from arbiter.cli.output import print_json
 from shared.config import Config
-from shared.database import Pool, migrate, open_pool
+from shared.database import Pool, load_migrations, migrate, migrate_to, open_pool
 from shared.embedded_postgres import database_url
 
 Result = TypeVar("Result")
@@ -24,9 +24,11 @@ Result = TypeVar("Result")
 def add_commands(commands: Subcommands) -> None:
     migrating = commands.add_parser(
         "migrate",
-        parents=[output_options()],
-        help="apply database migrations",
+        parents=[migrate_options()],
+        help="apply (or with --to, undo) database migrations",
         description="Apply the database migrations not applied yet (each service also does at start). "
+        "With --to N, move the database to migration N: down by the down scripts of the newer ones, newest first "
+        "(refused, changing nothing, when one of them is irreversible), or up to N. "
         "Uses ARBITER_DATABASE_URL, else libpq's PG* variables, else the embedded PostgreSQL that `make run` uses.",
     )
     migrating.set_defaults(run=run_migrations)
@@ -61,17 +63,55 @@ def add_commands(commands: Subcommands) -> None:
     )
     seeding.set_defaults(run=run_seed)
     actions.add_parser(
-        "migrate", parents=[output_options()], help="the same as `arbiter migrate`", description=migrating.description
+        "migrate", parents=[migrate_options()], help="the same as `arbiter migrate`", description=migrating.description
     ).set_defaults(run=run_migrations)
 
 
+def migrate_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False, parents=[output_options()])
+    options.add_argument(
+        "--to",
+        type=migration_version,
+        metavar="N",
+        help="the migration to move to (e.g. 10 for 0010_*); default: the newest this release ships",
+    )
+    options.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be undone and applied (or why it is refused), and change nothing",
+    )
+    return options
+
+
+def migration_version(text: str) -> int:
+    try:
+        version = int(text)
+    except ValueError:
+        version = -1
+    if version < 0:
+        raise argparse.ArgumentTypeError(f"expected a migration number such as 10 (for 0010_*); got {text!r}")
+    return version
+
+
 def run_migrations(arguments: argparse.Namespace) -> int:
+    target: int | None = arguments.to
+    newest = load_migrations()[-1]
+    if target is not None and target > newest.version:
+        raise UsageError(
+            f"--to {target}: there is no such migration; this release's newest is {newest.version} ({newest.label})"
+        )
     with database_url(Config.from_env()) as url:
-        applied = asyncio.run(migrate(url))
+        outcome = asyncio.run(migrate_to(url, target, dry_run=arguments.dry_run))
+    applied, reverted = outcome.applied, outcome.reverted
     if arguments.json:
-        print_json({"applied": applied})
+        print_json({"applied": applied, "reverted": reverted, "dry_run": arguments.dry_run})
+    elif not (applied or reverted):
+        print("database is up to date" if target is None else f"database is at migration {target} already")
     else:
-        print(f"applied migrations: {applied}" if applied else "database is up to date")
+        if reverted:
+            print(f"{'would revert' if arguments.dry_run else 'reverted'} migrations: {reverted}")
+        if applied:
+            print(f"{'would apply' if arguments.dry_run else 'applied'} migrations: {applied}")
     return 0
 
 

@@ -217,7 +217,8 @@ def migration_problems(level: MigrationLevel) -> list[str]:
     if report.unknown:
         problems.append(
             f"database newer than this code: {', '.join(report.unknown)} applied, but this release does not ship "
-            "them; run the release that does"
+            "them; run the release that does, or undo them with that release's `arbiter migrate --to N` "
+            "(docs/operations.md, Rolling back)"
         )
     problems.extend(
         f"migration {label} changed after it was applied (its checksum differs from the one recorded): restore "

@@ -1,0 +1,2 @@
+-- arbiter:irreversible: undoing it drops every API key, and no release runs without them.
+-- To start over, drop the database; to undo a bad change to keys, restore a backup (docs/operations.md).

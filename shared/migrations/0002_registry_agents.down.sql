@@ -1,0 +1,2 @@
+-- arbiter:irreversible: undoing it drops every registered agent, and no release runs without them.
+-- To start over, drop the database; to get lost agents back, restore a backup (docs/operations.md).

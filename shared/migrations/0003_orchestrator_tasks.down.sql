@@ -1,0 +1,2 @@
+-- arbiter:irreversible: undoing it drops every task, and no release runs without them.
+-- To start over, drop the database; to get lost tasks back, restore a backup (docs/operations.md).

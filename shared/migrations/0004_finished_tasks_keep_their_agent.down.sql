@@ -1,0 +1,2 @@
+-- arbiter:irreversible: the older check forbids a finished task to name its agent, so undoing it would erase who
+-- did (or failed) every finished task. Forward fix: a new migration that changes the check.

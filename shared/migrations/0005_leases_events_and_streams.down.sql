@@ -1,0 +1,2 @@
+-- arbiter:irreversible: undoing it drops task_events, the history of every task, and the backoff and
+-- schedule-to-start deadlines of waiting tasks. Forward fix: a new migration.

@@ -1,0 +1,3 @@
+-- arbiter:irreversible: it replaced each agent's running averages (success rate, quality, latency, task count)
+-- with per-task-type totals they cannot be rebuilt from exactly, and undoing it drops every routing decision and
+-- the outcome history behind degradation. Forward fix: a new migration.

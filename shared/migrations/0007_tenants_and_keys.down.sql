@@ -1,0 +1,3 @@
+-- arbiter:irreversible: keys made since are HMAC-SHA-256 hashes under the pepper, which the older release cannot
+-- check (those keys would stop working), and agents of two tenants may share an id once the tenant prefix is
+-- removed. Forward fix: a new migration.

@@ -1,0 +1,2 @@
+-- arbiter:irreversible: undoing it drops the audit log, which must outlive every release.
+-- Forward fix: a new migration.
