@@ -11,7 +11,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from rich.text import Text
 
 from arbiter.agent import Agent, Task
 from arbiter.cli.options import Connection, Subcommands, calls_services, positive_int, service_options
-from arbiter.cli.output import print_json, print_table
+from arbiter.cli.output import agent_logs_to, print_json, print_table
 from arbiter.client import Client
 from arbiter.errors import ArbiterError
 from arbiter.models import TaskInfo, TaskSpec, TaskState
@@ -188,19 +188,11 @@ class OneLineFormatter(logging.Formatter):
         return ""
 
 
-@contextmanager
-def agent_warnings_on(console: Console) -> Iterator[None]:
+def agent_warnings_on(console: Console) -> AbstractContextManager[None]:
     """The agents' warnings, one line each without tracebacks, printed above the progress bar."""
     handler = RichHandler(console=console, level=logging.WARNING, show_time=False, show_path=False)
     handler.setFormatter(OneLineFormatter("%(message)s"))
-    agent_logger = logging.getLogger("arbiter.agent")
-    agent_logger.addHandler(handler)
-    agent_logger.propagate = False
-    try:
-        yield
-    finally:
-        agent_logger.removeHandler(handler)
-        agent_logger.propagate = True
+    return agent_logs_to(handler)
 
 
 class RateColumn(ProgressColumn):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any
@@ -170,3 +172,16 @@ def format_window(length: timedelta) -> str:
     """`5 min`, `1 h`, `24 h`."""
     minutes = round(length.total_seconds() / 60)
     return f"{minutes // 60} h" if minutes and minutes % 60 == 0 else f"{minutes} min"
+
+
+@contextlib.contextmanager
+def agent_logs_to(handler: logging.Handler) -> Iterator[None]:
+    """The SDK agent's log records go to `handler` only (not to the root logger's stderr) meanwhile."""
+    agent_logger = logging.getLogger("arbiter.agent")
+    agent_logger.addHandler(handler)
+    agent_logger.propagate = False
+    try:
+        yield
+    finally:
+        agent_logger.removeHandler(handler)
+        agent_logger.propagate = True

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import secrets
 import sys
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -22,7 +22,7 @@ import grpc
 from arbiter._grpc import open_channel
 from arbiter.agent import Agent, Task
 from arbiter.cli.options import Connection, Subcommands, UsageError, calls_services, service_options
-from arbiter.cli.output import print_json
+from arbiter.cli.output import agent_logs_to, print_json
 from arbiter.cli.smoke_probes import (
     Call,
     CheckFailed,
@@ -434,15 +434,6 @@ class _KeepMessages(logging.Handler):
         self._messages.append(record.getMessage())
 
 
-@contextlib.contextmanager
-def agent_warnings_kept(messages: list[str]) -> Iterator[None]:
+def agent_warnings_kept(messages: list[str]) -> contextlib.AbstractContextManager[None]:
     """The agent's warnings go into `messages` (a step that times out quotes the last), not to stderr."""
-    agent_logger = logging.getLogger("arbiter.agent")
-    handler = _KeepMessages(messages)
-    agent_logger.addHandler(handler)
-    agent_logger.propagate = False
-    try:
-        yield
-    finally:
-        agent_logger.removeHandler(handler)
-        agent_logger.propagate = True
+    return agent_logs_to(_KeepMessages(messages))
