@@ -158,10 +158,13 @@ async def _track_readiness(
             for name in service_names:
                 await servicer.set(name, status)
             if last is not None:
-                logger.warning(
-                    "readiness is now %s (database %s)",
+                # Losing readiness is worth a warning; regaining it is news.
+                logger.log(
+                    logging.INFO if status == health_pb2.HealthCheckResponse.SERVING else logging.WARNING,
+                    "readiness is now %s (database %s%s)",
                     health_pb2.HealthCheckResponse.ServingStatus.Name(status),
                     "answers" if database_up else "does not answer",
+                    "" if not database_up or observability.also_ready() else "; waiting for the registry link",
                 )
             last = status
         await asyncio.sleep(HEALTH_CHECK_SECONDS)
